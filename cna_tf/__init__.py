@@ -1,0 +1,34 @@
+"""cna_tf: abstraction-mechanism metrics (CNA, CNA-A, CNA-M) for Keras 3, tracked with MLflow.
+
+Implements Gain & Siegelmann, ICML 2020, "Abstraction Mechanisms Predict Generalization in Deep
+Neural Networks". Data flows one way: images -> alpha; model -> probe -> layer sums -> beta;
+(alpha, beta) -> CNA.
+"""
+from __future__ import annotations
+
+import importlib
+
+from cna_tf.complexity import alpha, compression_alpha
+from cna_tf.measures import beta, cna, cna_area, cna_margin, curves, margin, margins
+from cna_tf.probe import ActivationProbe, UntraceableModelError
+from cna_tf.evaluation import evaluate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "alpha", "compression_alpha", "ActivationProbe", "UntraceableModelError", "beta", "cna",
+    "cna_area", "curves", "margins", "margin", "cna_margin", "evaluate",
+    "baselines", "models", "data", "CNACallback",
+]
+
+# Submodules with heavier imports load on first use: cna_tf.models, cna_tf.data, ...
+_LAZY_MODULES = {"baselines", "models", "data", "plots", "tracking", "callback", "regularizer"}
+_LAZY_NAMES = {"CNACallback": "callback", "CNARegularizer": "regularizer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"cna_tf.{name}")
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f"cna_tf.{_LAZY_NAMES[name]}"), name)
+    raise AttributeError(f"module 'cna_tf' has no attribute {name!r}")

@@ -1,0 +1,438 @@
+"""Activation extraction: per-layer reduced activations z_d(x), computed in-graph.
+
+`ActivationProbe` wraps a user's Functional or Sequential Keras model in one extra Keras model
+whose outputs are the per-sample sums (or means) of each probe layer's activation, stacked into an
+(n, L) array, next to the model's own outputs. The reduction runs inside the compiled predict
+function, so only (n, L) sums and (n, classes) outputs cross from the device to the host.
+
+The probe replays the model's layer graph inside a single wrapper layer: nested models are
+expanded in call order, every layer runs with ``training=False``, and no layer of the user's model
+gets a new node or a changed attribute. A fused activation's pre-activation is computed by running
+the layer's own ``call`` against a read-only view of the layer whose activation is None, inside
+the executed call, so the affine part is computed once and the activation is applied once.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import keras
+import numpy as np
+from keras import ops
+
+try:  # Keras 3 keeps the Functional class here; it is the type of every keras.Model(inputs, outputs).
+    from keras.src.models.functional import Functional as _Functional
+except ImportError:  # pragma: no cover - future Keras layouts
+    _Functional = keras.Model
+
+__all__ = ["ActivationProbe", "affine_layers", "UntraceableModelError", "AFFINE_LAYER_TYPES"]
+
+AFFINE_LAYER_TYPES: Tuple[type, ...] = tuple(
+    getattr(keras.layers, name) for name in (
+        "Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D",
+        "SeparableConv1D", "SeparableConv2D", "Conv1DTranspose", "Conv2DTranspose",
+        "Conv3DTranspose") if hasattr(keras.layers, name))
+
+_NONLINEAR_LAYERS = tuple(
+    getattr(keras.layers, name) for name in ("ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax")
+    if hasattr(keras.layers, name))
+# Class names of keras.ops operations that can appear as nodes of a functional graph.
+_NONLINEAR_OPS = {"relu", "relu6", "sigmoid", "tanh", "softmax", "logsoftmax", "gelu", "silu",
+                  "elu", "selu", "softplus", "softsign", "leakyrelu", "hardsigmoid", "hardsilu",
+                  "mish", "celu", "glu", "sparseplus", "squareplus", "hardtanh", "tanhshrink"}
+
+
+class UntraceableModelError(TypeError):
+    """The probe cannot see the layer graph of a model (e.g. a subclassed keras.Model)."""
+
+
+def _is_affine(op) -> bool:
+    return isinstance(op, AFFINE_LAYER_TYPES)
+
+
+def _is_linear(fn) -> bool:
+    return fn is None or fn is keras.activations.linear or getattr(fn, "__name__", "") == "linear"
+
+
+def _has_fused_nonlinearity(layer) -> bool:
+    return not _is_linear(getattr(layer, "activation", None))
+
+
+def _is_nonlinearity(op) -> bool:
+    if isinstance(op, keras.layers.Activation):
+        return not _is_linear(op.activation)
+    if isinstance(op, _NONLINEAR_LAYERS):
+        return True
+    return (not isinstance(op, keras.layers.Layer)
+            and type(op).__name__.lower().replace("_", "") in _NONLINEAR_OPS)
+
+
+def _is_model(op) -> bool:
+    return isinstance(op, keras.Model)
+
+
+def _graph_of(model) -> "_Functional":
+    """The Functional graph to replay for a Functional or Sequential model."""
+    if isinstance(model, keras.Sequential):
+        graph = getattr(model, "_functional", None)
+        if graph is None:
+            raise UntraceableModelError(
+                f"Sequential model '{model.name}' has no defined input shape, so its layer graph "
+                "does not exist yet. Start it with keras.Input(shape=...) or call "
+                "model.build(input_shape) before creating an ActivationProbe.")
+        return graph
+    if isinstance(model, _Functional):
+        return model
+    raise UntraceableModelError(
+        f"ActivationProbe cannot trace {type(model).__name__} '{getattr(model, 'name', model)}': "
+        "it is a subclassed keras.Model whose call() is Python code, so the order of its Dense/"
+        "Conv layers is unknown. Build the network with the functional API "
+        "(keras.Model(inputs, outputs)) or keras.Sequential; a functional model can reuse the "
+        "same layer objects, so trained weights carry over.")
+
+
+def _check_opaque(op) -> None:
+    """A custom layer that hides Dense/Conv sublayers would silently drop probe layers."""
+    if not isinstance(op, keras.layers.Layer):
+        return
+    hidden = [sub.name for sub in op._flatten_layers(include_self=False, recursive=True)
+              if _is_affine(sub)]
+    if hidden:
+        raise UntraceableModelError(
+            f"layer '{op.name}' ({type(op).__name__}) is a custom layer with weighted sublayers "
+            f"{hidden[:5]} that ActivationProbe cannot see inside. Write that block as a "
+            "functional sub-model (keras.Model(inputs, outputs)) so each Dense/Conv layer is a "
+            "node of the graph.")
+
+
+class _LinearView:
+    """Reads every attribute of a layer except ``activation``, which is None.
+
+    Running ``type(layer).call(view, x)`` gives the layer's affine output with the layer's own
+    weights and code, without changing the layer.
+    """
+
+    __slots__ = ("_layer",)
+    activation = None
+
+    def __init__(self, layer):
+        object.__setattr__(self, "_layer", layer)
+
+    def __getattr__(self, name):
+        return getattr(self._layer, name)
+
+
+_SWITCH_LOCK = threading.Lock()
+
+
+def _affine_call(layer, x):
+    """The layer's output before its fused activation (computed once, at run time)."""
+    x = ops.cast(x, layer.compute_dtype)
+    try:
+        return type(layer).call(_LinearView(layer), x)
+    except TypeError:
+        # A subclass whose call() uses super() cannot run on a view: switch the activation off
+        # for the duration of this executed call only (never while building a graph).
+        with _SWITCH_LOCK:
+            saved = layer.activation
+            layer.activation = None
+            try:
+                return layer.call(x)
+            finally:
+                layer.activation = saved
+
+
+@dataclass
+class _Step:
+    kind: str                      # "call", "enter" or "exit"
+    scope: int
+    node: Any
+    op: Any = None
+    probe: Optional[int] = None    # probe index of this affine layer
+    split: bool = False            # compute the pre-activation separately (fused activation)
+    records: List[int] = field(default_factory=list)  # probes whose post value is this output
+    inner_scope: int = 0
+    inner_graph: Any = None
+
+
+@dataclass
+class _Probe:
+    name: str
+    layer: Any
+    fused: bool
+
+
+class _Plan:
+    """A flat replay plan of a (possibly nested) functional graph."""
+
+    def __init__(self, model, mode: str):
+        self.mode = mode
+        self.graph = _graph_of(model)
+        self.steps: List[_Step] = []
+        self.probes: List[_Probe] = []
+        self._pending: Dict[Tuple[int, int], Tuple[int, int]] = {}  # key -> (probe, BN hops)
+        self._resolved: set = set()
+        self._scopes = 0
+        self._calls: Dict[int, int] = {}
+        self._walk(self.graph, 0, "")
+
+    @staticmethod
+    def _ordered_nodes(graph) -> list:
+        order = {id(op): i for i, op in enumerate(graph.operations)}
+        nodes = []
+        for depth in sorted(graph._nodes_by_depth, reverse=True):
+            level = [n for n in graph._nodes_by_depth[depth]
+                     if n.operation is not None and not n.is_input]
+            level.sort(key=lambda n: order.get(id(n.operation), 0))
+            nodes.extend(level)
+        return nodes
+
+    def _mark_pending(self, key, probe: int, hops: int) -> None:
+        if probe not in self._resolved:
+            self._pending[key] = (probe, hops)
+
+    def _walk(self, graph, scope: int, prefix: str) -> None:
+        for node in self._ordered_nodes(graph):
+            op = node.operation
+            in_keys = [(scope, id(t)) for t in node.input_tensors]
+            out_keys = [(scope, id(t)) for t in node.outputs]
+            if _is_model(op):
+                inner = _graph_of(op)
+                self._scopes += 1
+                inner_scope = self._scopes
+                self.steps.append(_Step("enter", scope, node, op, inner_scope=inner_scope,
+                                        inner_graph=inner))
+                for k, t in zip(in_keys, inner.inputs):
+                    if k in self._pending:
+                        self._pending[(inner_scope, id(t))] = self._pending[k]
+                self._walk(inner, inner_scope, f"{prefix}{op.name}/")
+                self.steps.append(_Step("exit", scope, node, op, inner_scope=inner_scope,
+                                        inner_graph=inner))
+                for t, k in zip(inner.outputs, out_keys):
+                    if (inner_scope, id(t)) in self._pending:
+                        self._pending[k] = self._pending[(inner_scope, id(t))]
+                continue
+            step = _Step("call", scope, node, op)
+            if _is_affine(op):
+                count = self._calls.get(id(op), 0)
+                self._calls[id(op)] = count + 1
+                name = f"{prefix}{op.name}" + (f"@{count}" if count else "")
+                fused = _has_fused_nonlinearity(op)
+                step.probe = len(self.probes)
+                step.split = fused and self.mode == "pre"
+                self.probes.append(_Probe(name, op, fused))
+                if self.mode == "post" and not fused:
+                    self._mark_pending(out_keys[0], step.probe, 0)
+            else:
+                _check_opaque(op)
+                if self.mode == "post":
+                    for k in in_keys:
+                        if k not in self._pending:
+                            continue
+                        probe, hops = self._pending[k]
+                        if probe in self._resolved:
+                            continue
+                        if _is_nonlinearity(op):
+                            step.records.append(probe)
+                            self._resolved.add(probe)
+                        elif isinstance(op, keras.layers.BatchNormalization) and hops == 0:
+                            self._mark_pending(out_keys[0], probe, 1)
+            self.steps.append(step)
+
+    def unresolved(self) -> List[int]:
+        return [i for i, p in enumerate(self.probes) if not p.fused and i not in self._resolved]
+
+    def run(self, inputs: Sequence[Any]) -> Tuple[List[Any], Any]:
+        """Executes the plan on backend tensors; returns (per-probe activations, outputs)."""
+        env: Dict[int, Dict[int, Any]] = {0: {id(t): v for t, v in zip(self.graph.inputs, inputs)}}
+        values: List[Any] = [None] * len(self.probes)
+        for step in self.steps:
+            outer = env[step.scope]
+            if step.kind == "enter":
+                env[step.inner_scope] = {id(t): outer[id(s)] for t, s in
+                                         zip(step.inner_graph.inputs, step.node.input_tensors)}
+                continue
+            if step.kind == "exit":
+                inner = env.pop(step.inner_scope)
+                for t, o in zip(step.inner_graph.outputs, step.node.outputs):
+                    outer[id(o)] = inner[id(t)]
+                continue
+            op = step.op
+            args, kwargs = step.node.arguments.fill_in(outer)
+            kwargs.pop("training", None)
+            if isinstance(op, keras.layers.Layer) and getattr(op, "_call_has_training_arg", False):
+                kwargs["training"] = False
+            if step.split:
+                z = _affine_call(op, args[0])
+                values[step.probe] = z
+                out = op.activation(z)
+            else:
+                out = op(*args, **kwargs)
+                if step.probe is not None:
+                    values[step.probe] = out
+            for probe in step.records:
+                values[probe] = out
+            for t, v in zip(step.node.outputs, keras.tree.flatten(out)):
+                outer[id(t)] = v
+        outputs = [env[0][id(t)] for t in self.graph.outputs]
+        return values, keras.tree.pack_sequence_as(self.graph._outputs_struct, outputs)
+
+
+class _ProbeLayer(keras.layers.Layer):
+    """Runs a `_Plan` and reduces each probe layer's activation per sample."""
+
+    def __init__(self, model, plan: _Plan, reduce: str, keep: int, softmax_last: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.wrapped = model
+        self._plan = plan
+        self._reduce = reduce
+        self._keep = keep
+        self._softmax_last = softmax_last
+
+    def call(self, inputs):
+        values, outputs = self._plan.run(keras.tree.flatten(inputs))
+        values = values[: self._keep]
+        if self._softmax_last:
+            values[-1] = ops.softmax(values[-1], axis=-1)
+        reduced = []
+        for v in values:
+            v = ops.cast(v, "float32")
+            axes = tuple(range(1, len(v.shape)))
+            reduced.append(ops.sum(v, axis=axes) if self._reduce == "sum"
+                           else ops.mean(v, axis=axes))
+        return ops.stack(reduced, axis=1), outputs
+
+    def compute_output_spec(self, inputs):
+        batch = keras.tree.flatten(inputs)[0].shape[0]
+        outputs = self.wrapped.compute_output_spec(inputs)
+        return keras.KerasTensor((batch, self._keep), dtype="float32"), outputs
+
+
+class ActivationProbe:
+    """Per-layer activation sums z_d(x) of a Keras model, reduced in-graph (SPEC §1).
+
+    The probe layers d = 1..L are the model's weighted affine layers (Dense, Conv*, DepthwiseConv,
+    SeparableConv, Conv*Transpose, including residual shortcut convolutions) in forward order,
+    with layers of nested models expanded. The classifier (the last of them) is left out unless
+    ``include_output=True``. Every pass runs in inference mode.
+
+    Example:
+        >>> probe = cna_tf.ActivationProbe(model)
+        >>> sums = probe.layer_sums(x_test)          # (n, L) numpy array
+        >>> b = cna_tf.beta(sums)
+
+    Args:
+        model: a built Functional or Sequential ``keras.Model`` (nested models allowed).
+        mode: ``"pre"`` (default, paper §3.2): each layer's affine output before its fused
+            activation and before any following BatchNormalization. ``"post"``: the first
+            nonlinearity downstream of the layer (its fused activation, or an Activation/ReLU
+            layer reached through at most one BatchNormalization); the classifier's post value is
+            its softmax. A layer with no such nonlinearity (e.g. a shortcut conv feeding an Add)
+            gives its affine output.
+        reduce: ``"sum"`` (default, paper) or ``"mean"`` over all units (positions, channels).
+        include_output: keep the classifier layer as the last probe layer.
+
+    Raises:
+        UntraceableModelError: for a subclassed model, an unbuilt Sequential model or a custom
+            layer that hides Dense/Conv sublayers.
+        ValueError: for a bad ``mode``/``reduce`` or fewer than two probe layers.
+    """
+
+    def __init__(self, model: keras.Model, mode: str = "pre", reduce: str = "sum",
+                 include_output: bool = False):
+        if mode not in ("pre", "post"):
+            raise ValueError(f"mode must be 'pre' or 'post', got {mode!r}")
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+        if not isinstance(model, keras.Model):
+            raise UntraceableModelError(
+                f"ActivationProbe expects a keras.Model, got {type(model).__name__}")
+        self.model = model
+        self.mode = mode
+        self.reduce = reduce
+        self.include_output = include_output
+        plan = _Plan(model, mode)
+        n_all = len(plan.probes)
+        keep = n_all if include_output else n_all - 1
+        if keep < 2:
+            raise ValueError(
+                f"model '{model.name}' has {n_all} weighted affine layer(s) (Dense/Conv), "
+                f"{keep} of them probed with include_output={include_output}; beta is a slope "
+                "over depth and needs at least 2. Use a deeper model"
+                + ("" if include_output else " or include_output=True") + ".")
+        self._plan = plan
+        self._probes = plan.probes[:keep]
+        softmax_last = (include_output and mode == "post" and (n_all - 1) in plan.unresolved())
+        graph = plan.graph
+        inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype,
+                              name=t._keras_history.operation.name) for t in graph.inputs]
+        layer = _ProbeLayer(model, plan, reduce, keep, softmax_last, name=f"{model.name}_probe")
+        sums, outputs = layer(inputs if len(inputs) > 1 else inputs[0])
+        model_inputs = inputs if len(inputs) > 1 else inputs[0]
+        self.sums_model = keras.Model(model_inputs, sums, name=f"{model.name}_probe_sums")
+        self.full_model = keras.Model(model_inputs, [sums, outputs],
+                                      name=f"{model.name}_probe_full")
+
+    @property
+    def layer_names(self) -> List[str]:
+        """Names of the probe layers in forward order (nested layers as ``outer/inner``)."""
+        return [p.name for p in self._probes]
+
+    @property
+    def layers(self) -> List[keras.layers.Layer]:
+        """The probe layer objects in forward order."""
+        return [p.layer for p in self._probes]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._probes)
+
+    def layer_sums(self, x, batch_size: Optional[int] = None) -> np.ndarray:
+        """Reduced activation of every probe layer for every input.
+
+        Args:
+            x: model inputs (array, tensor, list/dict for multi-input models, or a dataset that
+                ``model.predict`` accepts).
+            batch_size: predict batch size (default 256; ignored for datasets).
+
+        Returns:
+            float32 array of shape (n, L).
+        """
+        return np.asarray(self.sums_model.predict(x, batch_size=_batch(x, batch_size),
+                                                  verbose=0))
+
+    def layer_sums_and_outputs(self, x, batch_size: Optional[int] = None):
+        """Layer sums and the model's outputs from one compiled forward pass.
+
+        Returns:
+            ``(sums, outputs)``: an (n, L) float32 array and the model's outputs as numpy.
+        """
+        sums, outputs = self.full_model.predict(x, batch_size=_batch(x, batch_size), verbose=0)
+        return np.asarray(sums), outputs
+
+    def __call__(self, x):
+        """Symbolic/in-graph layer sums, differentiable in the model's weights: (batch, L)."""
+        return self.sums_model(x, training=False)
+
+    def __repr__(self) -> str:
+        return (f"ActivationProbe(model={self.model.name!r}, mode={self.mode!r}, "
+                f"reduce={self.reduce!r}, layers={self.layer_names})")
+
+
+def _batch(x, batch_size: Optional[int]) -> Optional[int]:
+    if batch_size is not None:
+        return int(batch_size)
+    if hasattr(x, "element_spec") or hasattr(x, "__next__") or isinstance(
+            x, keras.utils.PyDataset):
+        return None
+    return 256
+
+
+def affine_layers(model: keras.Model, include_output: bool = True) -> List[keras.layers.Layer]:
+    """The probe layers of ``model`` in forward order (SPEC §1), the classifier included.
+
+    Used by the norm-based baselines, which run over every weighted layer.
+    """
+    layers = [p.layer for p in _Plan(model, "pre").probes]
+    return layers if include_output else layers[:-1]
