@@ -22,7 +22,7 @@ ValueRange = Optional[Tuple[float, float]]
 
 # Images per np.bincount call: small enough that the offset keys of a chunk fit in uint16 for
 # uint8 data and that the counts stay in cache.
-_CHUNK_PIXELS = 1 << 21
+_CHUNK_PIXELS = 1 << 18
 
 
 def resolve_value_range(images: np.ndarray, value_range: ValueRange) -> Tuple[float, float]:
