@@ -38,8 +38,12 @@ def _split(data, name: str) -> Tuple[np.ndarray, np.ndarray]:
 
 def measure_split(probe: ActivationProbe, raw, labels, preprocess: Optional[Callable] = None,
                   value_range=None, bins: int = 100, batch_size: Optional[int] = None,
-                  alpha_values: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+                  alpha_values: Optional[np.ndarray] = None, inputs: Any = None
+                  ) -> Dict[str, np.ndarray]:
     """Per-sample values of one data split from one forward pass.
+
+    ``alpha_values`` and ``inputs`` pass precomputed alpha / model inputs (e.g. cached by a
+    callback); otherwise they are computed from ``raw``.
 
     Returns:
         dict of arrays: ``alpha`` (n,), ``layer_sums`` (n, L), ``beta`` (n,), ``outputs``
@@ -48,7 +52,8 @@ def measure_split(probe: ActivationProbe, raw, labels, preprocess: Optional[Call
     """
     a = compute_alpha(raw, bins=bins, value_range=value_range) if alpha_values is None \
         else np.asarray(alpha_values)
-    inputs = preprocess(raw) if preprocess is not None else raw
+    if inputs is None:
+        inputs = preprocess(raw) if preprocess is not None else raw
     sums, outputs = probe.layer_sums_and_outputs(inputs, batch_size=batch_size)
     outputs = np.asarray(outputs[0] if isinstance(outputs, (list, tuple)) else outputs,
                          dtype=np.float64)

@@ -243,8 +243,12 @@ class _Plan:
     def unresolved(self) -> List[int]:
         return [i for i, p in enumerate(self.probes) if not p.fused and i not in self._resolved]
 
-    def run(self, inputs: Sequence[Any]) -> Tuple[List[Any], Any]:
-        """Executes the plan on backend tensors; returns (per-probe activations, outputs)."""
+    def run(self, inputs: Sequence[Any], training: bool = False) -> Tuple[List[Any], Any]:
+        """Executes the plan on backend tensors; returns (per-probe activations, outputs).
+
+        Metric passes use ``training=False`` (inference mode); a training term (CNA as a loss)
+        runs the same graph with the training flag of its train step.
+        """
         env: Dict[int, Dict[int, Any]] = {0: {id(t): v for t, v in zip(self.graph.inputs, inputs)}}
         values: List[Any] = [None] * len(self.probes)
         for step in self.steps:
@@ -262,7 +266,7 @@ class _Plan:
             args, kwargs = step.node.arguments.fill_in(outer)
             kwargs.pop("training", None)
             if isinstance(op, keras.layers.Layer) and getattr(op, "_call_has_training_arg", False):
-                kwargs["training"] = False
+                kwargs["training"] = bool(training)
             if step.split:
                 z = _affine_call(op, args[0])
                 values[step.probe] = z
@@ -290,8 +294,8 @@ class _ProbeLayer(keras.layers.Layer):
         self._keep = keep
         self._softmax_last = softmax_last
 
-    def call(self, inputs):
-        values, outputs = self._plan.run(keras.tree.flatten(inputs))
+    def call(self, inputs, training=False):
+        values, outputs = self._plan.run(keras.tree.flatten(inputs), training=bool(training))
         values = values[: self._keep]
         if self._softmax_last:
             values[-1] = ops.softmax(values[-1], axis=-1)
@@ -303,7 +307,7 @@ class _ProbeLayer(keras.layers.Layer):
                            else ops.mean(v, axis=axes))
         return ops.stack(reduced, axis=1), outputs
 
-    def compute_output_spec(self, inputs):
+    def compute_output_spec(self, inputs, training=False):
         batch = keras.tree.flatten(inputs)[0].shape[0]
         outputs = self.wrapped.compute_output_spec(inputs)
         return keras.KerasTensor((batch, self._keep), dtype="float32"), outputs
@@ -368,8 +372,9 @@ class ActivationProbe:
         inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype,
                               name=t._keras_history.operation.name) for t in graph.inputs]
         layer = _ProbeLayer(model, plan, reduce, keep, softmax_last, name=f"{model.name}_probe")
-        sums, outputs = layer(inputs if len(inputs) > 1 else inputs[0])
         model_inputs = inputs if len(inputs) > 1 else inputs[0]
+        self.layer = layer
+        sums, outputs = layer(model_inputs)
         self.sums_model = keras.Model(model_inputs, sums, name=f"{model.name}_probe_sums")
         self.full_model = keras.Model(model_inputs, [sums, outputs],
                                       name=f"{model.name}_probe_full")

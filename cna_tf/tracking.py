@@ -1,0 +1,132 @@
+"""The one small place that talks to MLflow: metrics by step, tags, artifacts.
+
+Everything goes through ``mlflow.MlflowClient`` against the active run, so logging works next to
+``mlflow.tensorflow.autolog()`` / ``mlflow.keras.autolog()`` (no params are logged here, so no
+duplicate-param conflicts), and a run is never started silently.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import time
+from typing import Dict, Iterable, Mapping, Optional
+
+__all__ = ["Tracker", "sanitize_artifact_name"]
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
+
+
+def sanitize_artifact_name(name: str) -> str:
+    """A file name with no path separators or odd characters (for artifacts)."""
+    clean = _SAFE.sub("_", os.path.basename(str(name))).strip("._")
+    return clean or "artifact"
+
+
+class Tracker:
+    """Logs to an MLflow run: the active one, or one this tracker started and will end.
+
+    Args:
+        mode: ``None`` logs only when a run is active; ``True`` also starts a run when none is
+            active (ended again by `close`); ``False`` never logs.
+        run_name: name of a run started by this tracker.
+    """
+
+    def __init__(self, mode: Optional[bool] = None, run_name: Optional[str] = None):
+        self.mode = mode
+        self.run_name = run_name
+        self.run_id: Optional[str] = None
+        self._started = False
+        self._client = None
+
+    def open(self) -> Optional[str]:
+        """Attaches to the active run (or starts one when ``mode`` is True); returns its id."""
+        if self.mode is False:
+            return None
+        import mlflow
+        run = mlflow.active_run()
+        if run is None and self.mode:
+            run = mlflow.start_run(run_name=self.run_name)
+            self._started = True
+        if run is None:
+            return None
+        self.run_id = run.info.run_id
+        self._client = mlflow.MlflowClient()
+        return self.run_id
+
+    @property
+    def active(self) -> bool:
+        return self.run_id is not None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Logs finite and NaN values alike (MLflow stores NaN); skips non-numbers."""
+        if not self.active:
+            return
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, len(entries), _MAX_BATCH):
+            self._retry(lambda: self._client.log_batch(self.run_id,
+                                                       metrics=entries[i:i + _MAX_BATCH]))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import RunTag
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        self._retry(lambda: self._client.log_batch(self.run_id, tags=items))
+
+    def log_artifact_file(self, path: str, artifact_path: Optional[str] = None) -> None:
+        if self.active:
+            self._retry(lambda: self._client.log_artifact(self.run_id, path, artifact_path))
+
+    def log_text(self, text: str, name: str, artifact_path: Optional[str] = None) -> None:
+        if not self.active:
+            return
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, sanitize_artifact_name(name))
+            with open(path, "w") as f:
+                f.write(text)
+            self.log_artifact_file(path, artifact_path)
+
+    def log_figure(self, figure, name: str, artifact_path: Optional[str] = None) -> None:
+        if not self.active:
+            return
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, sanitize_artifact_name(name))
+            figure.savefig(path, dpi=110, bbox_inches="tight")
+            self.log_artifact_file(path, artifact_path)
+
+    def close(self) -> None:
+        """Ends the run if this tracker started it."""
+        if self._started:
+            import mlflow
+            run = mlflow.active_run()
+            if run is not None and run.info.run_id == self.run_id:
+                mlflow.end_run()
+            self._started = False
+
+    @staticmethod
+    def _retry(fn, attempts: int = 5):
+        """Retries transient store errors (e.g. sqlite 'database is locked') with backoff."""
+        for i in range(attempts):
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - MLflow raises various types
+                transient = any(s in str(e).lower() for s in ("locked", "timeout", "temporar",
+                                                                "connection"))
+                if not transient or i == attempts - 1:
+                    raise
+                time.sleep(0.2 * 2 ** i)
+
+
+def nan_reasons(metrics: Mapping[str, float], messages: Iterable[str]) -> Dict[str, str]:
+    """Tags explaining NaN metrics: ``cna_nan.<metric>`` -> the warnings seen while computing."""
+    nan = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
+    if not nan:
+        return {}
+    reason = "; ".join(dict.fromkeys(messages)) or "undefined for this data"
+    return {f"cna_nan.{k}": reason for k in nan}
