@@ -294,6 +294,11 @@ class _ProbeLayer(keras.layers.Layer):
         self._keep = keep
         self._softmax_last = softmax_last
 
+    @property
+    def metrics(self):
+        # The wrapped model may be compiled; its metrics belong to its own training loop.
+        return []
+
     def call(self, inputs, training=False):
         values, outputs = self._plan.run(keras.tree.flatten(inputs), training=bool(training))
         values = values[: self._keep]

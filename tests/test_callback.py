@@ -1,0 +1,207 @@
+"""CNACallback in model.fit with a temporary sqlite MLflow store, and the CNA training term."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import keras
+import mlflow
+
+import cna_tf
+from cna_tf.measures import CNAWarning
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return cna_tf.data.load("digits", seed=0)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_experiment("cna_tests")
+    yield mlflow.MlflowClient(uri)
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def small_mlp(ds, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = cna_tf.models.build("mlp", ds.input_shape, ds.num_classes, width=0.1)
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.8), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def callback(ds, **kw):
+    kw.setdefault("max_samples", 400)
+    return cna_tf.CNACallback((ds.x_train, ds.y_train), (ds.x_test, ds.y_test),
+                              preprocess=ds.preprocess, value_range=ds.value_range, **kw)
+
+
+FULL_KEYS = {"cna_area", "margin", "cna_margin", "train_acc", "test_acc", "train_loss",
+             "test_loss", "gen_gap", "loss_gap", "l2", "spectral", "l2_path", "bound_2018",
+             "l2_raw", "spectral_raw", "l2_path_raw"}
+
+
+def test_fit_logs_every_epoch_to_logs_and_mlflow(digits, store):
+    model = small_mlp(digits)
+    cb = callback(digits, full_every=1)
+    seen = []
+    spy = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(dict(logs)))
+    with mlflow.start_run() as run:
+        model.fit(digits.preprocess(digits.x_train), digits.y_train, epochs=3, batch_size=64,
+                  callbacks=[cb, spy], verbose=0)
+    assert len(seen) == 3
+    for logs in seen:
+        assert {"cna_train", "cna_test"} | FULL_KEYS <= set(logs)
+        assert all(math.isfinite(logs[k]) for k in ("cna_train", "cna_test", "cna_area",
+                                                     "cna_margin", "gen_gap", "l2"))
+    for key in ["cna_train", "cna_test"] + sorted(FULL_KEYS):
+        hist = store.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in hist) == [0, 1, 2, 3], key
+        assert all(math.isfinite(m.value) for m in hist), key
+    # the logged values are the ones written into logs
+    last = {m.step: m.value for m in store.get_metric_history(run.info.run_id, "cna_test")}
+    assert last[3] == pytest.approx(seen[-1]["cna_test"])
+    arts = {a.path for a in store.list_artifacts(run.info.run_id, "cna")}
+    assert arts == {"cna/alpha_beta_epoch3.csv", "cna/alpha_beta_epoch3.png"}
+    assert set(cb.history) == {0, 1, 2, 3} and set(cb.snapshots) == {0, 1, 2, 3}
+    assert mlflow.active_run() is None
+
+
+def test_full_snapshots_follow_full_every_and_the_last_epoch(digits, store):
+    model = small_mlp(digits)
+    cb = callback(digits, full_every=2, every=1, baselines=False)
+    with mlflow.start_run() as run:
+        model.fit(digits.preprocess(digits.x_train), digits.y_train, epochs=3, verbose=0,
+                  callbacks=[cb])
+    steps = sorted(m.step for m in store.get_metric_history(run.info.run_id, "cna_area"))
+    assert steps == [0, 2, 3]
+    steps = sorted(m.step for m in store.get_metric_history(run.info.run_id, "cna_test"))
+    assert steps == [0, 1, 2, 3]
+
+
+def test_early_stopping_on_cna_test(digits, store):
+    model = small_mlp(digits)
+    cb = callback(digits, baselines=False, full_every=0)
+    stop = keras.callbacks.EarlyStopping(monitor="cna_test", mode="max", patience=1,
+                                         min_delta=10.0)  # nothing improves by 10
+    hist = model.fit(digits.preprocess(digits.x_train), digits.y_train, epochs=10, verbose=0,
+                     callbacks=[cb, stop])
+    assert len(hist.history["loss"]) == 2  # epoch 1 sets the baseline, epoch 2 has no gain
+    assert "cna_test" in hist.history
+    assert 2 in cb.snapshots  # a full snapshot at the epoch training stopped
+
+
+def test_validation_data_tfdata_and_model_inputs_triple(digits, store):
+    import tensorflow as tf
+    model = small_mlp(digits)
+    x_tr, x_te = digits.preprocess(digits.x_train), digits.preprocess(digits.x_test)
+    cb = cna_tf.CNACallback((digits.x_train, digits.y_train, x_tr),
+                            (digits.x_test, digits.y_test, x_te), value_range=digits.value_range,
+                            baselines=False, max_samples=300)
+    data = tf.data.Dataset.from_tensor_slices((x_tr, digits.y_train)).batch(64)
+    hist = model.fit(data, validation_data=(x_te, digits.y_test), epochs=2, verbose=0,
+                     callbacks=[cb])
+    assert {"val_loss", "cna_test", "cna_margin"} <= set(hist.history)
+
+
+def test_autolog_coexists(digits, store):
+    mlflow.tensorflow.autolog(log_models=False, silent=True)
+    try:
+        model = small_mlp(digits)
+        cb = callback(digits, baselines=False, full_every=1)
+        model.fit(digits.preprocess(digits.x_train), digits.y_train, epochs=2, verbose=0,
+                  callbacks=[cb])
+        run = store.search_runs([mlflow.get_experiment_by_name("cna_tests").experiment_id])[0]
+        assert "cna_test" in run.data.metrics and "cna_margin" in run.data.metrics
+        assert len(store.search_runs([run.info.experiment_id])) == 1  # no extra run
+    finally:
+        mlflow.tensorflow.autolog(disable=True)
+
+
+def test_mlflow_true_starts_and_ends_a_run_and_false_never_logs(digits, store):
+    model = small_mlp(digits)
+    cb = callback(digits, baselines=False, mlflow=True, log_artifacts=False)
+    model.fit(digits.preprocess(digits.x_train), digits.y_train, epochs=1, verbose=0,
+              callbacks=[cb])
+    assert mlflow.active_run() is None
+    exp = mlflow.get_experiment_by_name("cna_tests").experiment_id
+    runs = store.search_runs([exp])
+    assert len(runs) == 1 and "cna_test" in runs[0].data.metrics
+    model.fit(digits.preprocess(digits.x_train), digits.y_train, epochs=1, verbose=0,
+              callbacks=[callback(digits, baselines=False)])  # no active run: logs only
+    with mlflow.start_run() as run:
+        model.fit(digits.preprocess(digits.x_train), digits.y_train, epochs=1, verbose=0,
+                  callbacks=[callback(digits, baselines=False, mlflow=False)])
+    assert len(store.search_runs([exp])) == 2
+    assert store.get_run(run.info.run_id).data.metrics == {}
+
+
+def test_constant_images_give_nan_with_a_reason_and_training_goes_on(store):
+    rng = np.random.default_rng(0)
+    raw = np.full((60, 4, 4, 1), 9, dtype=np.uint8)  # every image has the same complexity
+    y = rng.integers(0, 2, 60)
+    inputs = rng.normal(size=(60, 4, 4, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(4, activation="relu"),
+                              keras.layers.Dense(4, activation="relu"),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    cb = cna_tf.CNACallback((raw, y, inputs), (raw, y, inputs), baselines=False)
+    with mlflow.start_run() as run, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hist = model.fit(inputs, y, epochs=2, verbose=0, callbacks=[cb])
+    assert len(hist.history["loss"]) == 2
+    assert all(math.isnan(v) for v in hist.history["cna_test"])
+    assert any(issubclass(w.category, CNAWarning) for w in caught)
+    values = store.get_metric_history(run.info.run_id, "cna_test")
+    assert len(values) == 3 and all(math.isnan(m.value) for m in values)
+    tags = store.get_run(run.info.run_id).data.tags
+    assert "zero variance" in tags["cna_nan.cna_test"]
+
+
+def test_bad_arguments(digits):
+    with pytest.raises(ValueError, match="raw_images, labels"):
+        cna_tf.CNACallback(digits.x_train, (digits.x_test, digits.y_test))
+    with pytest.raises(ValueError, match="every"):
+        callback(digits, every=0)
+    with pytest.raises(ValueError, match="outside the declared value_range"):
+        cna_tf.CNACallback((digits.x_train, digits.y_train), (digits.x_test, digits.y_test),
+                           value_range=(0, 10))
+    with pytest.raises(ValueError, match="images but"):
+        cna_tf.CNACallback((digits.x_train, digits.y_train[:5]), (digits.x_test, digits.y_test),
+                           value_range=digits.value_range)
+
+
+def test_cna_term_gradient_reaches_every_probe_layer(digits):
+    import tensorflow as tf
+    model = small_mlp(digits)
+    probe = cna_tf.ActivationProbe(model)
+    x = tf.constant(digits.preprocess(digits.x_train[:64]))
+    a = tf.constant(cna_tf.alpha(digits.x_train[:64], value_range=digits.value_range))
+    with tf.GradientTape() as tape:
+        value = cna_tf.regularizer.batch_cna(a, probe(x))
+    grads = tape.gradient(value, [layer.kernel for layer in probe.layers])
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+    want = cna_tf.cna(a.numpy(), cna_tf.beta(probe.layer_sums(x.numpy())))
+    assert float(value) == pytest.approx(want, abs=1e-4)
+
+
+def test_cna_term_raises_batch_cna(digits):
+    a = cna_tf.alpha(digits.x_train, value_range=digits.value_range)
+    x = digits.preprocess(digits.x_train)
+    result = {}
+    for weight in (0.0, 1.0):
+        model = small_mlp(digits, seed=1)
+        reg = cna_tf.CNARegularizer(model, weight=weight)
+        reg.compile(keras.optimizers.SGD(0.05, momentum=0.8), "sparse_categorical_crossentropy",
+                    metrics=["accuracy"])
+        reg.fit(reg.inputs(x, a), digits.y_train, epochs=3, batch_size=64, verbose=0)
+        result[weight] = cna_tf.cna(a, cna_tf.beta(cna_tf.ActivationProbe(model).layer_sums(x)))
+        assert reg.predict(x, verbose=0).shape == (len(x), digits.num_classes)
+    assert result[1.0] > result[0.0] + 0.1
