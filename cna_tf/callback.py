@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from cna_tf.complexity import alpha as compute_alpha
-from cna_tf.evaluation import measure_split, subsample, summarize
+from cna_tf.evaluation import add_baselines, measure_split, subsample, summarize
 from cna_tf.measures import CNAWarning, beta as compute_beta, cna, curves
 from cna_tf.probe import ActivationProbe
 from cna_tf.tracking import Tracker, nan_reasons
@@ -190,10 +190,7 @@ class CNACallback(keras.callbacks.Callback):
         for key in ("cna_train", "cna_test", "beta_train_mean", "beta_test_mean"):
             m.pop(key, None)  # the per-epoch series always come from the fixed subset
         if self.baselines:
-            from cna_tf import baselines
-            m.update(baselines.compute(self.model, m["margin"],
-                                       initial_weights=self.initial_weights,
-                                       train_size=len(self.train)))
+            add_baselines(m, self.model, self.initial_weights, len(self.train))
         self._last_details = details
         return m
 

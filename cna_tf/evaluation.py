@@ -14,7 +14,7 @@ from cna_tf.measures import beta as compute_beta
 from cna_tf.measures import cna, cna_area, cna_margin, margins, _labels, _probabilities
 from cna_tf.probe import ActivationProbe
 
-__all__ = ["evaluate", "measure_split", "subsample"]
+__all__ = ["evaluate", "measure_split", "summarize", "add_baselines", "subsample"]
 
 
 def subsample(n: int, max_samples: Optional[int], seed: int = 0) -> np.ndarray:
@@ -93,12 +93,22 @@ def summarize(train: Dict[str, np.ndarray], test: Dict[str, np.ndarray], method:
     return m
 
 
+def add_baselines(metrics: Dict[str, float], model, initial_weights, train_size: int
+                  ) -> Dict[str, float]:
+    """Adds the SPEC §2 norm-based measures, normalized by ``metrics["margin"]``."""
+    from cna_tf import baselines
+    metrics.update(baselines.compute(model, metrics["margin"], initial_weights=initial_weights,
+                                     train_size=train_size))
+    return metrics
+
+
 def evaluate(model, train, test, preprocess: Optional[Callable] = None, value_range=None,
              bins: int = 100, method: str = "pearson", window: int = 25, points: int = 100,
              percentile: float = 5, mode: str = "pre", reduce: str = "sum",
              include_output: bool = False, max_samples: Optional[int] = None, seed: int = 0,
              batch_size: Optional[int] = None, probe: Optional[ActivationProbe] = None,
-             return_details: bool = False) -> Any:
+             baselines: bool = True, initial_weights: Optional[Dict[str, np.ndarray]] = None,
+             train_size: Optional[int] = None, return_details: bool = False) -> Any:
     """Every metric of SPEC §6 for a model on a train and a test split, in inference mode.
 
     Example:
@@ -123,12 +133,18 @@ def evaluate(model, train, test, preprocess: Optional[Callable] = None, value_ra
         seed: seed of that subset.
         batch_size: forward-pass batch size.
         probe: an existing probe of ``model`` to reuse (its compiled predict function is kept).
+        baselines: also compute the norm-based measures of SPEC §2 (`cna_tf.baselines`).
+        initial_weights: the model's weights before training, from
+            `cna_tf.baselines.capture_initial_weights`; needed by ``bound_2018`` (NaN without).
+        train_size: m of ``bound_2018`` (default: the number of training images given).
         return_details: also return the per-sample arrays of each split.
 
     Returns:
         dict of floats (alpha/beta summaries, ``cna_train``, ``cna_test``, ``cna_area``,
         ``margin``, ``cna_margin``, ``train_acc``, ``test_acc``, ``train_loss``, ``test_loss``,
-        ``gen_gap``, ``loss_gap``); with ``return_details`` a pair ``(metrics, details)``.
+        ``gen_gap``, ``loss_gap``, and with ``baselines`` ``l2``, ``spectral``, ``l2_path``,
+        ``bound_2018`` and the raw products); with ``return_details`` a pair
+        ``(metrics, details)``.
     """
     x_tr, y_tr = _split(train, "train")
     x_te, y_te = _split(test, "test")
@@ -143,4 +159,6 @@ def evaluate(model, train, test, preprocess: Optional[Callable] = None, value_ra
     }
     metrics = summarize(details["train"], details["test"], method=method, window=window,
                         points=points, percentile=percentile)
+    if baselines:
+        add_baselines(metrics, model, initial_weights, train_size or len(x_tr))
     return (metrics, details) if return_details else metrics
