@@ -3,14 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The other Keras backends, tested against TensorFlow by tests/test_backends.py. torch is pinned
+# to the CPU build: a plain `torch` pulls a multi-GB CUDA build.
+BACKENDS ?= "jax[cpu]" "torch==2.13.0"
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]" $(BACKENDS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,6 +27,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow" tests
+
+bench: $(STAMP)
+	$(PY) bench/bench_alpha.py
+	$(PY) bench/bench_probe.py
+	$(PY) bench/bench_measures.py
+	$(PY) bench/bench_callback.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache mlruns mlflow.db

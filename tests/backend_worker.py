@@ -1,0 +1,75 @@
+"""Runs the core metrics and a CNACallback fit under one Keras backend (used by test_backends).
+
+Usage: KERAS_BACKEND=<name> python tests/backend_worker.py OUT_DIR [--save-weights]
+Writes OUT_DIR/<backend>.json. With --save-weights the initial weights are written to
+OUT_DIR/init.weights.h5 (the TensorFlow run); otherwise they are loaded from there.
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+    # TensorFlow unimportable, as on a machine that only has JAX or PyTorch.
+    sys.modules["tensorflow"] = None
+
+import numpy as np  # noqa: E402
+
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+import cna_tf  # noqa: E402
+
+
+def build():
+    inp = keras.Input((8, 8, 1))
+    x = layers.Conv2D(4, 3, padding="same", activation="tanh", name="c1")(inp)
+    x = layers.BatchNormalization(name="bn1")(x)
+    h = layers.Conv2D(4, 3, padding="same", name="c2")(x)
+    h = layers.BatchNormalization(name="bn2")(h)
+    x = layers.ReLU()(layers.Add()([x, h]))
+    x = layers.Flatten()(x)
+    x = layers.Dense(16, activation="relu", name="d1")(x)
+    out = layers.Dense(10, activation="softmax", name="head")(x)
+    return keras.Model(inp, out)
+
+
+def main(out_dir, save):
+    backend = keras.backend.backend()
+    ds = cna_tf.data.load("digits", n_train=400, n_test=200, seed=0)
+    weights = os.path.join(out_dir, "init.weights.h5")
+    if save:
+        keras.utils.set_random_seed(0)  # (this also seeds TensorFlow when it is importable)
+        model = build()
+        model.save_weights(weights)
+    else:
+        model = build()
+        model.load_weights(weights)
+    x_tr, x_te = ds.preprocess(ds.x_train), ds.preprocess(ds.x_test)
+    probe = cna_tf.ActivationProbe(model)
+    sums, outputs = probe.layer_sums_and_outputs(x_te, batch_size=64)
+    a_tr = cna_tf.alpha(ds.x_train, value_range=ds.value_range)
+    a_te = cna_tf.alpha(ds.x_test, value_range=ds.value_range)
+    b_tr = cna_tf.beta(probe.layer_sums(x_tr))
+    b_te = cna_tf.beta(sums)
+    res = {"backend": backend, "layer_names": probe.layer_names, "sums": sums.tolist(),
+           "outputs": np.asarray(outputs).tolist(),
+           "beta": b_te.tolist(), "cna": cna_tf.cna(a_te, b_te),
+           "cna_area": cna_tf.cna_area(a_tr, b_tr, a_te, b_te),
+           "evaluate": cna_tf.evaluate(model, ds.train, ds.test, preprocess=ds.preprocess,
+                                       value_range=ds.value_range, probe=probe)}
+    model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    cb = cna_tf.CNACallback(ds.train, ds.test, preprocess=ds.preprocess,
+                            value_range=ds.value_range, full_every=1, mlflow=False)
+    model.fit(x_tr, ds.y_train, epochs=2, batch_size=100, shuffle=False, verbose=0,
+              callbacks=[cb])
+    res["history"] = {str(k): v for k, v in cb.history.items()}
+    res["tensorflow_imported"] = sys.modules.get("tensorflow") is not None
+    with open(os.path.join(out_dir, f"{backend}.json"), "w") as f:
+        json.dump(res, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], "--save-weights" in sys.argv)
