@@ -1,0 +1,185 @@
+"""Grid cells: the `train` step's typed parameters, config expansion and deterministic cell keys.
+
+One place defines what a cell is, so `train.py`, `grid.py`, `compare.py` and the MLproject file
+agree. A config (YAML) is a mapping::
+
+    name: demo
+    defaults: {epochs: 8, batch_size: 64}       # any train parameter
+    cells:                                        # blocks; a list value is a product axis
+      - {arch: mlp, dataset: digits, width: [0.1, 0.5], seed: [0, 1]}
+      - {arch: mlp, dataset: digits, label_shuffle: [0.1, 0.3], final_only: true}
+
+A cell's key is a hash of all its parameters (defaults filled in, types normalized), so the same
+network always has the same key, whichever config or order it came from.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
+
+__all__ = ["TRAIN_PARAMS", "CONFIG_DIR", "normalize", "cell_key", "expand", "load_config",
+           "ConfigError", "cli_args"]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "y", "on"):
+        return True
+    if s in ("0", "false", "no", "n", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {v!r}")
+
+
+def _int(v: Any) -> int:
+    """An integer from an int, an integral float, or a string of one ("5", "5.0")."""
+    if isinstance(v, bool):
+        raise ValueError("not an integer")
+    f = float(v)
+    if not f.is_integer():
+        raise ValueError("not an integer")
+    return int(f)
+
+
+def _options(v: Any) -> str:
+    """Dataset options as canonical JSON (a mapping in YAML, a JSON string on the command line)."""
+    if v is None or v == "":
+        return ""
+    if isinstance(v, str):
+        v = json.loads(v)
+    if not isinstance(v, Mapping):
+        raise ValueError(f"data_options must be a mapping, got {v!r}")
+    return json.dumps(v, sort_keys=True, separators=(",", ":")) if v else ""
+
+
+# name -> (type, default, help). The only definition of the `train` step's parameters.
+TRAIN_PARAMS: Dict[str, Tuple[Callable[[Any], Any], Any, str]] = {
+    "arch": (str, "mlp", "mlp, vgg18, resnet18 or resnet101"),
+    "dataset": (str, "digits", "a cna_tf.data name (digits, mnist5k, gaussian, mnist, ...)"),
+    "width": (float, 1.0, "layer-width multiplier"),
+    "depth": (_int, 5, "hidden layers of the MLP (ignored by the conv nets)"),
+    "epochs": (_int, 10, "training epochs"),
+    "lr": (float, 0.05, "SGD learning rate"),
+    "momentum": (float, 0.8, "SGD momentum"),
+    "batch_size": (_int, 512, "training batch size"),
+    "label_shuffle": (float, 0.0, "fraction of training labels permuted (SPEC §4)"),
+    "seed": (_int, 0, "seed of data split, init, shuffling and measurement subsets"),
+    "snapshot_every": (_int, 20, "epochs between full snapshots (0: init and final only)"),
+    "final_only": (_bool, False, "only the final snapshot is a network instance (shuffled labels)"),
+    "n_train": (_int, 0, "stratified training subsample (0: all)"),
+    "n_test": (_int, 0, "stratified test subsample (0: all)"),
+    "augment": (str, "auto", "auto (paper default per dataset), true or false"),
+    "data_options": (_options, "", "JSON of extra cna_tf.data.load options, e.g. gaussian shape"),
+    "max_samples": (_int, 2000, "samples per split of the per-epoch CNA"),
+    "full_max_samples": (_int, 0, "samples per split of a full snapshot (0: all)"),
+}
+# Parameters that do not change the network or its metrics: not part of the cell key.
+RUN_ONLY_PARAMS = {"save_model": (_bool, False, "log the trained model as a .keras artifact")}
+ALL_PARAMS = {**TRAIN_PARAMS, **RUN_ONLY_PARAMS}
+# Hyperparameter axes of a network instance (granulated Kendall, compare tables).
+AXES = ("arch", "dataset", "width", "depth", "epochs", "lr", "momentum", "batch_size",
+        "label_shuffle", "seed", "n_train")
+
+
+class ConfigError(ValueError):
+    """A grid config or a cell's parameters are invalid; the message says how to fix it."""
+
+
+def normalize(params: Mapping[str, Any], defaults: Mapping[str, Any] = None) -> Dict[str, Any]:
+    """Fills defaults and converts every value to its declared type.
+
+    Raises:
+        ConfigError: an unknown key (the valid ones are listed) or a value of the wrong type.
+    """
+    unknown = sorted(set(params) - set(ALL_PARAMS))
+    if unknown:
+        raise ConfigError(f"unknown train parameter(s) {unknown}; valid keys: "
+                          f"{', '.join(ALL_PARAMS)}")
+    out: Dict[str, Any] = {}
+    for name, (typ, default, _) in ALL_PARAMS.items():
+        value = params.get(name, (defaults or {}).get(name, default))
+        try:
+            out[name] = typ(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"parameter {name}={value!r}: {e} (expected {typ.__name__.strip('_')})") \
+                from None
+    if out["augment"] not in ("auto", "true", "false"):
+        raise ConfigError(f"augment must be auto, true or false, got {out['augment']!r}")
+    return out
+
+
+def cell_key(params: Mapping[str, Any]) -> str:
+    """Deterministic 16-hex key of a cell: a hash of its normalized network parameters."""
+    p = normalize(params)
+    blob = json.dumps({k: p[k] for k in TRAIN_PARAMS}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def expand(block: Mapping[str, Any], defaults: Mapping[str, Any] = None) -> List[Dict[str, Any]]:
+    """The cells of one config block: the product of its list-valued entries."""
+    keys = list(block)
+    values = [v if isinstance(v, list) else [v] for v in block.values()]
+    unknown = sorted(set(keys) - set(ALL_PARAMS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in config block {dict(block)}; valid keys: "
+                          f"{', '.join(ALL_PARAMS)}")
+    return [normalize(dict(zip(keys, combo)), defaults) for combo in itertools.product(*values)]
+
+
+def load_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> Tuple[str, List[Dict]]:
+    """Reads a config (a name in ``configs/``, a YAML path, or a mapping) into its cells.
+
+    Returns:
+        ``(name, cells)``; cells are normalized parameter dicts, duplicates removed, in order.
+
+    Raises:
+        ConfigError: a missing file, unknown top-level or cell keys, or no cells.
+    """
+    import yaml
+
+    if isinstance(config, Mapping):
+        data, default_name = dict(config), "custom"
+    else:
+        path = Path(str(config))
+        if not path.suffix and not path.exists():
+            path = CONFIG_DIR / f"{config}.yaml"
+        if not path.exists():
+            names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+            raise ConfigError(f"grid config {str(config)!r} not found: give one of {names} or "
+                              "a path to a YAML file")
+        data, default_name = yaml.safe_load(path.read_text()) or {}, path.stem
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config is a mapping with keys name, defaults, cells")
+    top = sorted(set(data) - {"name", "description", "defaults", "cells"})
+    if top:
+        raise ConfigError(f"unknown config key(s) {top}; valid keys: name, description, "
+                          "defaults, cells")
+    defaults = data.get("defaults") or {}
+    bad = sorted(set(defaults) - set(ALL_PARAMS))
+    if bad:
+        raise ConfigError(f"unknown key(s) {bad} in defaults; valid keys: {', '.join(ALL_PARAMS)}")
+    blocks = data.get("cells") or []
+    if not isinstance(blocks, list) or not blocks:
+        raise ConfigError("a config needs a non-empty list 'cells' of parameter blocks")
+    cells: Dict[str, Dict[str, Any]] = {}
+    for block in blocks:
+        if not isinstance(block, Mapping):
+            raise ConfigError(f"each entry of 'cells' must be a mapping, got {block!r}")
+        for cell in expand(block, defaults):
+            cells.setdefault(cell_key(cell), cell)
+    return str(data.get("name") or default_name), list(cells.values())
+
+
+def cli_args(params: Mapping[str, Any]) -> List[str]:
+    """``--name value`` arguments of ``train.py`` for a cell."""
+    out: List[str] = []
+    for name, value in normalize(params).items():
+        out += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return out

@@ -1,0 +1,195 @@
+"""MLproject step `compare`: rank every metric by how well it predicts the generalization gap.
+
+Reads the network instances (SPEC §3: each finished train run at each full snapshot; the final
+one only for shuffled-label runs) of a grid's child runs, or of every train run of an experiment,
+and correlates each metric with ``gen_gap`` and ``loss_gap`` (CNA also with ``test_acc``):
+Pearson, Kendall and granulated Kendall, for All Nets, per architecture and per dataset. Logs a
+CSV and a Markdown table, the instances, and Fig-8/9-style bar charts to the compare run, and
+prints the Markdown table.
+
+    python pipelines/compare.py --grid_run_id <id>          # one grid
+    python pipelines/compare.py --experiment cna_tf-demo    # all train runs of an experiment
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cells import AXES, TRAIN_PARAMS  # noqa: E402
+
+TAG = "cna_tf."
+METRICS = ("cna_area", "cna_margin", "l2", "l2_path", "spectral", "bound_2018", "margin",
+           "cna_train", "cna_test")
+TARGETS = ("gen_gap", "loss_gap")
+EXTRA_TARGETS = {"cna_train": ["test_acc"], "cna_test": ["test_acc"]}
+READ = METRICS + TARGETS + ("test_acc", "train_acc")
+INSTANCE_AXES = AXES + ("epoch",)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid_run_id", default="", help="the grid's parent run (default: the "
+                    "latest grid run of the experiment)")
+    ap.add_argument("--experiment", default="", help="experiment name (default: the grid's; "
+                    "with neither, cna_tf-demo)")
+    ap.add_argument("--all_runs", default="false",
+                    help="true: every finished train run of the experiment, not one grid's")
+    return ap.parse_args(argv)
+
+
+def _typed(params: Dict[str, str]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in params.items():
+        typ = TRAIN_PARAMS.get(k, (str,))[0]
+        try:
+            out[k] = typ(v)
+        except (TypeError, ValueError):
+            out[k] = v
+    return out
+
+
+def instances_of_run(client, run) -> List[Dict[str, Any]]:
+    """The network instances of one finished train run: one per full snapshot epoch."""
+    history: Dict[str, Dict[int, float]] = {}
+    for key in READ:
+        if key in run.data.metrics:
+            # the last value logged at a step wins (a resumed epoch may have been logged twice)
+            history[key] = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                                key)}
+    steps = sorted(history.get("gen_gap", {}))
+    if run.data.tags.get(TAG + "final_only") == "true" and steps:
+        steps = steps[-1:]
+    base = _typed(run.data.params)
+    base.update(run_id=run.info.run_id, cell_key=run.data.tags.get(TAG + "cell_key", ""))
+    out = []
+    for step in steps:
+        row = dict(base, epoch=step)
+        for key, values in history.items():
+            row[key] = values.get(step, math.nan)
+        out.append(row)
+    return out
+
+
+def find_runs(client, experiment_ids: Sequence[str], grid_run_id: str = ""):
+    """Finished train runs: a grid's children, or all of the experiments'."""
+    query = f"tags.`{TAG}role` = 'train' and attributes.status = 'FINISHED'"
+    if grid_run_id:
+        query += f" and tags.mlflow.parentRunId = '{grid_run_id}'"
+    return client.search_runs(list(experiment_ids), query, max_results=50_000)
+
+
+def markdown(rows: List[Dict[str, Any]], target: str) -> str:
+    """Metric x scope table of "Pearson / Kendall / granulated Kendall" for one target."""
+    rows = [r for r in rows if r["target"] == target]
+    scopes = list(dict.fromkeys(r["scope"] for r in rows))
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    cell = {(r["metric"], r["scope"]): r for r in rows}
+
+    def fmt(v):
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
+
+    lines = [f"Correlation with `{target}`: Pearson / Kendall / granulated Kendall "
+             f"(n = instances)", "",
+             "| metric | " + " | ".join(f"{s} (n={max(cell[(m, s)]['n'] for m in metrics if (m, s) in cell)})"
+                                       for s in scopes) + " |",
+             "|---|" + "---|" * len(scopes)]
+    for m in metrics:
+        vals = [cell.get((m, s)) for s in scopes]
+        lines.append(f"| {m} | " + " | ".join(
+            "" if r is None else f"{fmt(r['pearson'])} / {fmt(r['kendall'])} / "
+            f"{fmt(r['granulated_kendall'])}" for r in vals) + " |")
+    return "\n".join(lines)
+
+
+def to_csv(rows: List[Dict[str, Any]]) -> str:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    return out.getvalue()
+
+
+def compare(instances: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    from cna_tf.ranking import correlate
+
+    return correlate(instances, METRICS, TARGETS, INSTANCE_AXES, group_by=("arch", "dataset"),
+                     extra_targets=EXTRA_TARGETS)
+
+
+def _figures(rows: List[Dict[str, Any]]):
+    """Fig-8/9-style bars of the Pearson correlation with each target, per scope."""
+    from cna_tf import plots
+
+    for target in TARGETS:
+        table = {}
+        for r in rows:
+            if r["target"] == target:
+                table.setdefault(r["scope"], {})[r["metric"]] = r["pearson"]
+        yield f"correlation_{target}.png", plots.correlation_bars(
+            table, title=f"Pearson correlation with {target}")
+
+
+def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    import mlflow
+
+    args = parse_args(argv)
+    client = mlflow.MlflowClient()
+    grid_id = args.grid_run_id
+    if args.experiment:
+        exp = client.get_experiment_by_name(args.experiment)
+        if exp is None:
+            sys.exit(f"experiment {args.experiment!r} not found in {mlflow.get_tracking_uri()}")
+    elif grid_id:
+        exp = client.get_experiment(client.get_run(grid_id).info.experiment_id)
+    else:
+        exp = client.get_experiment_by_name("cna_tf-demo")
+        if exp is None:
+            sys.exit("no experiment given and no cna_tf-demo experiment: run the grid first or "
+                     "pass --experiment / --grid_run_id")
+    all_runs = str(args.all_runs).lower() in ("1", "true", "yes")
+    if not grid_id and not all_runs:
+        grids = client.search_runs([exp.experiment_id], f"tags.`{TAG}role` = 'grid'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+        if not grids:
+            sys.exit(f"no grid run in experiment {exp.name!r}: pass --all_runs true to compare "
+                     "every train run")
+        grid_id = grids[0].info.run_id
+    runs = find_runs(client, [exp.experiment_id], "" if all_runs else grid_id)
+    instances = [i for run in runs for i in instances_of_run(client, run)]
+    if len(instances) < 3:
+        sys.exit(f"only {len(instances)} network instances found (finished train runs with "
+                 "snapshots): nothing to correlate")
+    rows = compare(instances)
+    tables = "\n\n".join(markdown(rows, t) for t in TARGETS + ("test_acc",))
+    mlflow.set_experiment(experiment_id=exp.experiment_id)
+    with mlflow.start_run(run_name="compare") as run:
+        mlflow.set_tags({TAG + "role": "compare", TAG + "grid_run_id": grid_id or ""})
+        mlflow.log_params({"grid_run_id": grid_id or "all", "runs": len(runs),
+                           "instances": len(instances)})
+        mlflow.log_text(to_csv(rows), "compare/correlations.csv")
+        mlflow.log_text(tables + "\n", "compare/correlations.md")
+        mlflow.log_text(to_csv(instances), "compare/instances.csv")
+        from cna_tf import plots
+        for name, fig in _figures(rows):
+            mlflow.log_figure(fig, f"compare/{name}")
+            plots.close(fig)
+        for r in rows:
+            if r["scope"] == "All Nets" and not math.isnan(r["pearson"]):
+                mlflow.log_metric(f"pearson.{r['metric']}.{r['target']}", r["pearson"])
+    print(f"compare run {run.info.run_id}: {len(runs)} runs, {len(instances)} network "
+          f"instances\n\n{tables}", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

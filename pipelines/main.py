@@ -1,0 +1,40 @@
+"""MLproject entry point `main`: the grid, then its comparison, chained by run id.
+
+    mlflow run . --env-manager local -P config=demo -P workers=2
+"""
+from __future__ import annotations
+
+import argparse
+from typing import List, Optional
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="demo")
+    ap.add_argument("--workers", type=lambda v: int(float(v)), default=2)
+    ap.add_argument("--backend", default="local")
+    ap.add_argument("--backend_config", default="")
+    return ap.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    import mlflow
+
+    args = parse_args(argv)
+    client = mlflow.MlflowClient()
+    with mlflow.start_run() as run:
+        experiment_id = run.info.experiment_id
+        grid = mlflow.projects.run(
+            ".", entry_point="grid", env_manager="local", experiment_id=experiment_id,
+            parameters={"config": args.config, "workers": args.workers,
+                        "backend": args.backend, "backend_config": args.backend_config})
+        grid_run_id = client.get_run(grid.run_id).data.tags["cna_tf.grid_run_id"]
+        mlflow.set_tag("cna_tf.grid_run_id", grid_run_id)
+        compare = mlflow.projects.run(".", entry_point="compare", env_manager="local",
+                                      experiment_id=experiment_id,
+                                      parameters={"grid_run_id": grid_run_id})
+        mlflow.set_tag("cna_tf.compare_run_id", compare.run_id)
+
+
+if __name__ == "__main__":
+    main()

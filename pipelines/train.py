@@ -1,0 +1,191 @@
+"""MLproject step `train`: one network of the grid, measured while it trains.
+
+Logs the parameters, tags (arch, dataset, cell key), the per-epoch CNA series and the training
+loss, and the full SPEC §3 metric set at every snapshot (epoch 0, every ``snapshot_every``
+epochs, the final epoch) through `cna_tf.CNACallback`; the model only with ``save_model``.
+
+A run killed mid-training resumes from its last completed epoch when started again with the same
+MLflow run id and backup directory (`keras.callbacks.BackupAndRestore`).
+
+    python pipelines/train.py --arch mlp --dataset digits --epochs 10 --batch_size 64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import keras  # noqa: E402
+
+from cells import ALL_PARAMS, cell_key, normalize  # noqa: E402
+
+BACKUP_ROOT = Path(os.environ.get("CNA_TF_BACKUP_DIR", ".cna_backup"))
+TAG = "cna_tf."
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, (typ, default, text) in ALL_PARAMS.items():
+        ap.add_argument(f"--{name}", default=default, help=f"{text} (default: {default!r})")
+    ap.add_argument("--parent_run_id", default="", help="grid run to attach to as a child")
+    ap.add_argument("--cell_key", default="", help="expected cell key (checked)")
+    ap.add_argument("--backup_dir", default="",
+                    help=f"resume state (default: {BACKUP_ROOT}/<cell key>)")
+    return ap.parse_args(argv)
+
+
+class FailOnNaN(keras.callbacks.Callback):
+    """Raises on a NaN/inf training loss, so the run ends FAILED with the reason."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise FloatingPointError(
+                f"training loss became {float(loss)} at epoch {self.epoch + 1}, batch "
+                f"{batch + 1}: lower the learning rate or check the inputs")
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs Keras' own per-epoch values (loss, accuracy) to MLflow at step = epochs done."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+
+        own = {(k if k.startswith("val_") else f"train_{k}"): float(v)
+               for k, v in (logs or {}).items()
+               if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        if own:
+            mlflow.log_metrics(own, step=epoch + 1)
+
+
+def _save_weights(path: Path, weights: Dict[str, Any]) -> None:
+    import numpy as np
+
+    np.savez(path, **{f"w{i:04d}": v for i, v in enumerate(weights.values())},
+             keys=np.array(list(weights.keys())))
+
+
+def _load_weights(path: Path) -> Dict[str, Any]:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        keys = [str(k) for k in z["keys"]]
+        return {k: z[f"w{i:04d}"] for i, k in enumerate(keys)}
+
+
+def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> Dict[str, float]:
+    """Trains one cell inside the active (or a new) MLflow run; returns the final metrics."""
+    import mlflow
+
+    import cna_tf
+
+    key = cell_key(p)
+    backup = Path(backup_dir) if backup_dir else BACKUP_ROOT / key
+    backup.mkdir(parents=True, exist_ok=True)
+    resumed = (backup / "training_metadata.json").exists()
+
+    keras.utils.set_random_seed(p["seed"])
+    options = json.loads(p["data_options"]) if p["data_options"] else {}
+    n_train, n_test = p["n_train"] or None, p["n_test"] or None
+    if p["dataset"] == "gaussian":  # generate exactly the asked sizes instead of subsampling
+        options.setdefault("train_size", n_train or 50_000)
+        options.setdefault("test_size", n_test or 10_000)
+        n_train = n_test = None
+    ds = cna_tf.data.load(p["dataset"], n_train=n_train, n_test=n_test,
+                          label_shuffle=p["label_shuffle"], seed=p["seed"], **options)
+    augment = {"auto": ds.augment and p["arch"] != "mlp", "true": True, "false": False}[
+        p["augment"]]
+    kw = {"depth": p["depth"]} if p["arch"] == "mlp" else {}
+    model = cna_tf.models.build(p["arch"], ds.input_shape, ds.num_classes, width=p["width"],
+                                seed=p["seed"], **kw)
+    model.compile(optimizer=keras.optimizers.SGD(p["lr"], momentum=p["momentum"]),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    tags = {"arch": p["arch"], "dataset": p["dataset"], TAG + "cell_key": key,
+            TAG + "role": "train", TAG + "final_only": str(p["final_only"]).lower(),
+            TAG + "n_train": str(len(ds.x_train)), TAG + "n_test": str(len(ds.x_test)),
+            TAG + "num_classes": str(ds.num_classes), TAG + "augment": str(augment).lower(),
+            TAG + "params": str(model.count_params())}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    mlflow.set_tags(tags)
+    mlflow.log_params({k: v for k, v in p.items()})
+
+    weights_file = backup / "initial_weights.npz"
+    initial = _load_weights(weights_file) if resumed and weights_file.exists() else None
+    if initial is None:
+        initial = cna_tf.baselines.capture_initial_weights(model)
+        _save_weights(weights_file, initial)
+    if resumed:
+        meta = json.loads((backup / "training_metadata.json").read_text())
+        mlflow.set_tag(TAG + "resumed_from_epoch", str(meta.get("epoch", "?")))
+        print(f"resuming cell {key} from its backup at epoch {meta.get('epoch')}", flush=True)
+
+    cb = cna_tf.CNACallback(
+        (ds.x_train, ds.y_train), (ds.x_test, ds.y_test), preprocess=ds.preprocess,
+        value_range=ds.value_range, every=1, full_every=p["snapshot_every"],
+        max_samples=p["max_samples"], full_max_samples=p["full_max_samples"] or None,
+        seed=p["seed"], initial_weights=initial, verbose=1)
+    # Order matters: metrics are logged before the epoch's backup is written.
+    callbacks = [FailOnNaN(), cb, EpochLogger(),
+                 keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False)]
+    if augment:
+        x = ds.pipeline("train", batch_size=p["batch_size"], augment=True, seed=p["seed"])
+        fit_kw: Dict[str, Any] = {}
+    else:
+        x = ds.preprocess(ds.x_train)
+        fit_kw = {"y": ds.y_train, "batch_size": p["batch_size"], "shuffle": True}
+    try:
+        model.fit(x, epochs=p["epochs"], callbacks=callbacks, verbose=2, **fit_kw)
+    except Exception as e:
+        mlflow.set_tag(TAG + "failure", f"{type(e).__name__}: {e}"[:5000])
+        raise
+    final = cb.history[max(cb.history)] if cb.history else {}
+    snapshots = sorted(e for e, m in cb.history.items() if "gen_gap" in m)
+    mlflow.set_tag(TAG + "snapshots", ",".join(map(str, snapshots)))
+    if p["save_model"]:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "model.keras"
+            model.save(path)
+            mlflow.log_artifact(str(path), "model")
+    shutil.rmtree(backup, ignore_errors=True)  # finished: nothing to resume
+    return final
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    p = normalize({k: getattr(args, k) for k in ALL_PARAMS})
+    if args.cell_key and args.cell_key != cell_key(p):
+        sys.exit(f"cell key mismatch: expected {args.cell_key}, the parameters give "
+                 f"{cell_key(p)}; pass the parameters of the cell unchanged")
+    import mlflow
+
+    t0 = time.time()
+    # Uses MLFLOW_RUN_ID when the grid (or `mlflow run`) created the run; resumes it if it exists.
+    with mlflow.start_run() as run:
+        final = train(p, parent_run_id=args.parent_run_id, backup_dir=args.backup_dir)
+        mlflow.log_metric("train_seconds", time.time() - t0)
+    shown = {k: final.get(k) for k in ("cna_test", "cna_area", "cna_margin", "gen_gap")}
+    print(f"run {run.info.run_id} cell {cell_key(p)} finished in {time.time() - t0:.1f}s: "
+          + ", ".join(f"{k}={v:.4g}" for k, v in shown.items() if v is not None), flush=True)
+
+
+if __name__ == "__main__":
+    main()
