@@ -15,7 +15,7 @@ from cna_tf.measures import CNAWarning, beta as compute_beta, cna, curves
 from cna_tf.probe import ActivationProbe
 from cna_tf.tracking import Tracker, nan_reasons
 
-__all__ = ["CNACallback"]
+__all__ = ["CNACallback", "flat_weights"]
 
 LIGHT_KEYS = ("cna_train", "cna_test", "beta_train_mean", "beta_test_mean")
 
@@ -59,6 +59,17 @@ def _index(x, idx):
     if isinstance(x, (list, tuple)):
         return type(x)(_index(v, idx) for v in x)
     return np.asarray(x)[idx]
+
+
+def flat_weights(model) -> np.ndarray:
+    """All trainable weights of ``model`` concatenated into one float32 vector.
+
+    The order is ``model.trainable_weights`` (each variable raveled in C order); the inverse is
+    `cna_tf.plots.set_flat_weights`.
+    """
+    parts = [np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float32).ravel()
+             for v in model.trainable_weights]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def _unpack(data, name: str) -> Tuple[np.ndarray, np.ndarray, Any]:
@@ -115,11 +126,18 @@ class CNACallback(keras.callbacks.Callback):
         log_artifacts: at the end, log the (alpha, beta) curves (CSV) and the Fig-3 plot (PNG).
         seed: seed of the subsets.
         verbose: 1 prints one line per measurement.
+        record_trajectory: at every measurement (epoch 0 included) store the model's flattened
+            trainable weights (`flat_weights`, float32) in ``trajectory``, for the paper's Fig. 5
+            (`cna_tf.plots.trajectory_pca`). Costs 4 bytes x parameters per measured epoch
+            (the MLP on digits at width 0.1: ~0.1 MB); meant for small models.
 
     Attributes:
         history: ``{epoch: metrics}`` of every measurement (epoch 0 = initialization).
         snapshots: ``{epoch: {"train": correct, "test": correct}}`` per-sample correctness at
-            every full snapshot.
+            every full snapshot (over the full-snapshot subsets; see ``snapshot_alpha``).
+        snapshot_alpha: ``{"train": alpha, "test": alpha}`` of the samples behind ``snapshots``
+            (same order), e.g. for the paper's Fig. 6 (`cna_tf.plots.error_by_alpha_quintile`).
+        trajectory: ``{epoch: flat weight vector}`` when ``record_trajectory`` is on.
     """
 
     def __init__(self, train_data, test_data, preprocess: Optional[Callable] = None,
@@ -129,7 +147,8 @@ class CNACallback(keras.callbacks.Callback):
                  percentile: float = 5, mode: str = "pre", reduce: str = "sum",
                  include_output: bool = False, baselines: bool = True,
                  batch_size: Optional[int] = None, mlflow: Optional[bool] = None,
-                 log_artifacts: bool = True, seed: int = 0, verbose: int = 0):
+                 log_artifacts: bool = True, seed: int = 0, verbose: int = 0,
+                 record_trajectory: bool = False):
         super().__init__()
         if int(every) < 1:
             raise ValueError(f"every must be >= 1, got {every}")
@@ -158,6 +177,8 @@ class CNACallback(keras.callbacks.Callback):
         self.verbose = verbose
         self.history: Dict[int, Dict[str, float]] = {}
         self.snapshots: Dict[int, Dict[str, np.ndarray]] = {}
+        self.record_trajectory = bool(record_trajectory)
+        self.trajectory: Dict[int, np.ndarray] = {}
         self.probe: Optional[ActivationProbe] = None
         self.initial_weights = None
         self._last_details = None
@@ -170,6 +191,11 @@ class CNACallback(keras.callbacks.Callback):
         self._sub_train, self._sub_test = self.train.take(idx_tr), self.test.take(idx_te)
         self._full_train = self.train.take(subsample(len(self.train), full_max_samples, seed + 2))
         self._full_test = self.test.take(subsample(len(self.test), full_max_samples, seed + 3))
+
+    @property
+    def snapshot_alpha(self) -> Dict[str, np.ndarray]:
+        """alpha of the full-snapshot samples, aligned with ``snapshots[epoch][split]``."""
+        return {"train": self._full_train.alpha, "test": self._full_test.alpha}
 
     # -- measurements -------------------------------------------------------------------------
     def _light(self) -> Dict[str, float]:
@@ -198,6 +224,8 @@ class CNACallback(keras.callbacks.Callback):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CNAWarning)
             m = self._light()
+            if self.record_trajectory:
+                self.trajectory[epoch] = flat_weights(self.model)
             if full:
                 m.update(self._full())
                 self.snapshots[epoch] = {k: d["correct"] for k, d in self._last_details.items()}
