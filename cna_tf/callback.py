@@ -130,6 +130,13 @@ class CNACallback(keras.callbacks.Callback):
             trainable weights (`flat_weights`, float32) in ``trajectory``, for the paper's Fig. 5
             (`cna_tf.plots.trajectory_pca`). Costs 4 bytes x parameters per measured epoch
             (the MLP on digits at width 0.1: ~0.1 MB); meant for small models.
+        initial_weights: the run's initial weights W⁰ for ``bound_2018``
+            (`cna_tf.baselines.capture_initial_weights`), for a run resumed from a backup;
+            None captures them when training starts.
+
+    Resuming: with `keras.callbacks.BackupAndRestore` a restarted ``fit`` begins at a later
+    epoch; the initialization measurement (epoch 0) is then skipped, and ``initial_weights``
+    should be the ones saved when the run first started.
 
     Attributes:
         history: ``{epoch: metrics}`` of every measurement (epoch 0 = initialization).
@@ -148,6 +155,7 @@ class CNACallback(keras.callbacks.Callback):
                  include_output: bool = False, baselines: bool = True,
                  batch_size: Optional[int] = None, mlflow: Optional[bool] = None,
                  log_artifacts: bool = True, seed: int = 0, verbose: int = 0,
+                 initial_weights: Optional[Dict[str, np.ndarray]] = None,
                  record_trajectory: bool = False):
         super().__init__()
         if int(every) < 1:
@@ -180,10 +188,11 @@ class CNACallback(keras.callbacks.Callback):
         self.record_trajectory = bool(record_trajectory)
         self.trajectory: Dict[int, np.ndarray] = {}
         self.probe: Optional[ActivationProbe] = None
-        self.initial_weights = None
+        self.initial_weights = initial_weights
         self._last_details = None
         self._last_full_epoch: Optional[int] = None
         self._epoch = 0
+        self._started = False
         self._reasons: List[str] = []
         self._tracker: Optional[Tracker] = None
         idx_tr = subsample(len(self.train), max_samples, seed)
@@ -252,13 +261,24 @@ class CNACallback(keras.callbacks.Callback):
     # -- Keras hooks --------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         self.probe = ActivationProbe(self.model, **self.probe_kwargs)
-        if self.baselines:
-            from cna_tf import baselines
-            self.initial_weights = baselines.capture_initial_weights(self.model)
         self._tracker = Tracker(self.mlflow, run_name=f"{self.model.name}_cna")
         self._tracker.open()
         self._epoch = 0
-        self._measure(0, full=True)
+        self._started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # The initialization snapshot waits for the first epoch so that every callback's
+        # on_train_begin (e.g. BackupAndRestore restoring weights) has run; a fit resumed at a
+        # later epoch has no initialization to measure.
+        if self._started:
+            return
+        self._started = True
+        self._epoch = epoch
+        if self.baselines and self.initial_weights is None:
+            from cna_tf import baselines
+            self.initial_weights = baselines.capture_initial_weights(self.model)
+        if epoch == 0:
+            self._measure(0, full=True)
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1

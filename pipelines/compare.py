@@ -17,6 +17,7 @@ import csv
 import io
 import math
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -49,6 +50,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def _typed(params: Dict[str, str]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for k, v in params.items():
+        if v.startswith("'"):  # `mlflow run` records shell-quoted values
+            try:
+                v = shlex.split(v)[0] if shlex.split(v) else ""
+            except ValueError:
+                pass
         typ = TRAIN_PARAMS.get(k, (str,))[0]
         try:
             out[k] = typ(v)

@@ -126,7 +126,10 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> D
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     mlflow.set_tags(tags)
-    mlflow.log_params({k: v for k, v in p.items()})
+    # `mlflow run` has logged its own (shell-quoted) copy of the parameters; keep those
+    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: str(v).lower() if isinstance(v, bool) else v for k, v in p.items()
+                       if k not in logged})
 
     weights_file = backup / "initial_weights.npz"
     initial = _load_weights(weights_file) if resumed and weights_file.exists() else None

@@ -1,0 +1,350 @@
+"""The MLproject steps: cell configs and keys, the ranking statistics, grid / compare end to end."""
+import itertools
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "pipelines"))
+
+import cells  # noqa: E402
+from cna_tf import ranking  # noqa: E402
+
+
+def instances_per_cell(p):
+    if p["final_only"]:
+        return 1
+    se = p["snapshot_every"]
+    periodic = p["epochs"] // se if se else 0
+    return 1 + periodic + (0 if se and p["epochs"] % se == 0 else 1)
+
+
+# -- cells and configs ---------------------------------------------------------------------------
+
+def test_cell_key_is_deterministic_and_ignores_order_defaults_and_types():
+    a = cells.cell_key({"arch": "mlp", "width": 0.5, "epochs": 3})
+    b = cells.cell_key({"epochs": "3", "width": "0.5", "arch": "mlp", "lr": 0.05})
+    assert a == b and len(a) == 16
+    assert cells.cell_key({"arch": "mlp", "width": 0.25, "epochs": 3}) != a
+    # run-only parameters do not change the network
+    assert cells.cell_key({"arch": "mlp", "width": 0.5, "epochs": 3, "save_model": True}) == a
+
+
+def test_normalize_rejects_typos_and_bad_types():
+    with pytest.raises(cells.ConfigError, match=r"unknown train parameter.*'widht'.*valid keys"):
+        cells.normalize({"widht": 2})
+    with pytest.raises(cells.ConfigError, match="epochs=2.5"):
+        cells.normalize({"epochs": 2.5})
+    with pytest.raises(cells.ConfigError, match="augment"):
+        cells.normalize({"augment": "maybe"})
+    assert cells.normalize({"epochs": "4.0", "final_only": "true"})["epochs"] == 4
+
+
+def test_expand_is_a_product_of_list_values():
+    got = cells.expand({"arch": "mlp", "width": [0.1, 0.2], "seed": [0, 1, 2]})
+    assert len(got) == 6
+    assert {(c["width"], c["seed"]) for c in got} == set(itertools.product([0.1, 0.2], [0, 1, 2]))
+
+
+def test_demo_config_has_enough_instances_and_offline_datasets():
+    name, grid = cells.load_config("demo")
+    assert name == "demo"
+    assert sum(instances_per_cell(p) for p in grid) >= 40
+    assert {p["dataset"] for p in grid} <= {"digits", "gaussian"}
+    assert {p["arch"] for p in grid} == {"mlp", "vgg18", "resnet18"}
+    shuffled = [p for p in grid if p["label_shuffle"]]
+    assert shuffled and all(p["final_only"] for p in shuffled)
+    assert {p["label_shuffle"] for p in shuffled} <= {0.1, 0.2, 0.3, 0.4, 0.5}
+    assert len({cells.cell_key(p) for p in grid}) == len(grid)
+
+
+def test_paper_config_is_the_spec_grid():
+    _, grid = cells.load_config("paper")
+    base = [p for p in grid if not p["label_shuffle"]]
+    assert len(base) == 4 * 7 - 1  # ImageNet-32 skips the MLP
+    assert not any(p["arch"] == "mlp" and p["dataset"] == "imagenet32" for p in base)
+    assert len(grid) - len(base) == 75
+    for p in base:
+        assert p["batch_size"] == 512 and p["momentum"] == 0.8 and p["snapshot_every"] == 20
+        if p["arch"] == "mlp":
+            assert p["lr"] == 0.05
+        else:
+            assert p["lr"] == 0.01
+            want = {"cifar10": 100, "cifar100": 100, "imagenet32": 50}.get(p["dataset"], 40)
+            assert p["epochs"] == want
+
+
+@pytest.mark.parametrize("text, match", [
+    ("name: x\ncell: []\n", r"unknown config key.*'cell'.*valid keys: name, description"),
+    ("name: x\ncells:\n  - {arch: mlp, widht: 1}\n", r"unknown key.*'widht'.*valid keys"),
+    ("name: x\ndefaults: {epoch: 3}\ncells:\n  - {arch: mlp}\n", r"'epoch'.*defaults"),
+    ("name: x\ncells: []\n", "non-empty list 'cells'"),
+])
+def test_config_errors_name_the_problem(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(cells.ConfigError, match=match):
+        cells.load_config(str(path))
+
+
+def test_unknown_config_name_lists_the_known_ones():
+    with pytest.raises(cells.ConfigError, match=r"'dmeo' not found.*'demo'.*'paper'"):
+        cells.load_config("dmeo")
+
+
+def test_mlproject_parameters_match_the_train_step():
+    from mlflow.projects._project_spec import load_project
+
+    project = load_project(str(ROOT))
+    assert {"main", "train", "grid", "compare"} <= set(project._entry_points)
+    train = project.get_entry_point("train")
+    assert set(train.parameters) == set(cells.ALL_PARAMS) | {"cell_key", "parent_run_id"}
+    for name, (_, default, _) in cells.ALL_PARAMS.items():
+        declared = train.parameters[name].default
+        assert cells.normalize({name: declared})[name] == cells.normalize({})[name], name
+    # the command quotes a JSON value intact (MLflow shell-quotes every parameter)
+    cmd = train.compute_command({"data_options": '{"shape": [8, 8, 1]}'}, storage_dir=None)
+    assert "--data_options '{\"shape\": [8, 8, 1]}'" in cmd
+
+
+# -- ranking statistics --------------------------------------------------------------------------
+
+def test_pearson_and_kendall_match_scipy_on_finite_pairs():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=30), rng.normal(size=30)
+    x[3], y[7] = np.nan, np.inf
+    ok = np.isfinite(x) & np.isfinite(y)
+    assert ranking.pearson(x, y) == pytest.approx(stats.pearsonr(x[ok], y[ok])[0])
+    assert ranking.kendall(x, y) == pytest.approx(stats.kendalltau(x[ok], y[ok])[0])
+    assert math.isnan(ranking.pearson([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(ranking.kendall([1], [2]))
+
+
+def test_granulated_kendall_by_hand():
+    # axes a (2 values) and b (3 values); metric m, target t on the 6 instances.
+    rows = []
+    m = {(0, 0): 1, (0, 1): 2, (0, 2): 3, (1, 0): 2, (1, 1): 1, (1, 2): 0}
+    t = {(0, 0): 1, (0, 1): 2, (0, 2): 3, (1, 0): 1, (1, 1): 2, (1, 2): 3}
+    for (a, b), v in m.items():
+        rows.append({"a": a, "b": b, "m": v, "t": t[(a, b)]})
+    got = ranking.granulated_kendall(rows, "m", "t", ["a", "b", "constant"])
+    # axis b: within a=0 tau=+1, within a=1 tau=-1 -> psi_b = 0
+    assert got["psi.b"] == pytest.approx(0.0)
+    # axis a: groups b=0 (m 1,2; t 1,1 -> undefined), b=1 (2,1 vs 2,2 -> undefined),
+    # b=2 (3,0 vs 3,3 -> undefined) -> psi_a NaN, left out of the mean
+    assert math.isnan(got["psi.a"])
+    assert got["granulated_kendall"] == pytest.approx(0.0)
+    assert "psi.constant" not in got
+
+
+def test_correlate_scopes_and_extra_targets():
+    rng = np.random.default_rng(1)
+    inst = [{"arch": arch, "dataset": "d", "seed": s, "x": rng.normal(), "gap": rng.normal(),
+             "acc": rng.normal()} for arch in ("mlp", "vgg18") for s in range(5)]
+    rows = ranking.correlate(inst, ["x"], ["gap"], ["arch", "seed"], group_by=["arch"],
+                             extra_targets={"x": ["acc"]})
+    scopes = {(r["scope"], r["target"]) for r in rows}
+    assert scopes == {(s, t) for s in ("All Nets", "arch=mlp", "arch=vgg18")
+                      for t in ("gap", "acc")}
+    mlp = next(r for r in rows if r["scope"] == "arch=mlp" and r["target"] == "gap")
+    sub = [i for i in inst if i["arch"] == "mlp"]
+    assert mlp["n"] == 5
+    assert mlp["pearson"] == pytest.approx(stats.pearsonr([i["x"] for i in sub],
+                                                          [i["gap"] for i in sub])[0])
+
+
+# -- kubernetes pass-through (no cluster here: MLflow's call is replaced) ---------------------------
+
+def test_kubernetes_backend_passes_config_and_parent(monkeypatch, tmp_path):
+    import mlflow
+    import mlflow.projects
+
+    import grid as grid_step
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    calls = []
+
+    class Submitted:
+        run_id = "k8s-run"
+
+        def wait(self):
+            return True
+
+        def get_status(self):
+            return "FINISHED"
+
+    def fake_run(uri, **kw):
+        calls.append((uri, kw))
+        return Submitted()
+
+    monkeypatch.setattr(mlflow.projects, "run", fake_run)
+    cfg = tmp_path / "k8s.json"
+    cfg.write_text(json.dumps({"kube-context": "ctx", "repository-uri": "r",
+                               "kube-job-template-path": "job.yaml"}))
+    _, grid = cells.load_config({"cells": [{"arch": "mlp", "width": [0.1, 0.2]}]})
+    g = grid_step.Grid("k8s", grid, "k8s-test", tmp_path / "backup", "kubernetes", str(cfg))
+    try:
+        counts = g.run(workers=2)
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+    assert counts == {"cells_finished": 2, "cells_failed": 0}
+    assert len(calls) == 2
+    for uri, kw in calls:
+        assert kw["backend"] == "kubernetes" and kw["backend_config"] == str(cfg)
+        assert kw["entry_point"] == "train" and kw["parameters"]["parent_run_id"] == g.parent_id
+        params = {k: v for k, v in kw["parameters"].items() if k in cells.ALL_PARAMS}
+        assert kw["parameters"]["cell_key"] == cells.cell_key(params)
+
+
+def test_unknown_backend_and_missing_kubernetes_config_are_clear(tmp_path, monkeypatch):
+    import grid as grid_step
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    with pytest.raises(SystemExit, match="unknown backend 'slurm'"):
+        grid_step.Grid("x", [], "x", tmp_path, "slurm")
+    with pytest.raises(SystemExit, match="needs --backend_config"):
+        grid_step.Grid("x", [], "x", tmp_path, "kubernetes")
+
+
+# -- end to end ---------------------------------------------------------------------------------
+
+def _run(script, args, env):
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / script), *args], env=env,
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=900)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory):
+    d = tmp_path_factory.mktemp("grid")
+    config = d / "tiny.yaml"
+    config.write_text(
+        "name: tiny\n"
+        "defaults: {dataset: digits, epochs: 2, snapshot_every: 1, batch_size: 64,"
+        " n_train: 300, n_test: 150, max_samples: 200}\n"
+        "cells:\n"
+        "  - {arch: mlp, width: [0.05, 0.1], depth: 2}\n"
+        "  - {arch: mlp, width: 0.05, depth: 2, label_shuffle: 0.5, final_only: true}\n"
+        "  - {arch: mlp, width: 0.05, depth: 2, lr: 1.0e+9}\n")  # diverges: NaN loss
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{d}/mlflow.db",
+               TF_CPP_MIN_LOG_LEVEL="3")
+    args = ["--config", str(config), "--workers", "2", "--backup_root", str(d / "backup"),
+            "--experiment", "tiny"]
+    first = _run("grid.py", args, env)
+    return d, env, args, first
+
+
+def _children(env):
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("tiny")
+    grids = client.search_runs([exp.experiment_id], "tags.`cna_tf.role` = 'grid'")
+    assert len(grids) == 1
+    kids = client.search_runs([exp.experiment_id],
+                              f"tags.mlflow.parentRunId = '{grids[0].info.run_id}'")
+    return client, grids[0], kids
+
+
+@pytest.mark.slow
+def test_grid_trains_every_cell_as_a_child_run(tiny_grid):
+    d, env, args, first = tiny_grid
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[4/4]" in first.stdout and "ETA" in first.stdout
+    client, parent, kids = _children(env)
+    assert len(kids) == 4
+    finished = [r for r in kids if r.info.status == "FINISHED"]
+    failed = [r for r in kids if r.info.status == "FAILED"]
+    assert len(finished) == 3 and len(failed) == 1
+    assert "NaN" in failed[0].data.tags["cna_tf.failure"] or "nan" in \
+        failed[0].data.tags["cna_tf.failure"]
+    assert parent.data.metrics["cells_failed"] == 1
+    for r in finished:
+        tags, params = r.data.tags, r.data.params
+        assert tags["arch"] == "mlp" and tags["dataset"] == "digits"
+        assert tags["cna_tf.cell_key"] == cells.cell_key(params)
+        history = client.get_metric_history(r.info.run_id, "cna_test")
+        assert sorted(m.step for m in history) == [0, 1, 2]
+        gaps = client.get_metric_history(r.info.run_id, "gen_gap")
+        assert sorted(m.step for m in gaps) == [0, 1, 2]
+        assert all(np.isfinite(m.value) for m in history)
+        assert tags["cna_tf.snapshots"] == "0,1,2"
+        logs = client.list_artifacts(r.info.run_id, "logs")
+        assert [a.path for a in logs] == ["logs/train.log"]
+
+
+@pytest.mark.slow
+def test_grid_rerun_skips_finished_and_retries_failed(tiny_grid):
+    d, env, args, first = tiny_grid
+    again = _run("grid.py", args, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming grid run" in again.stdout and "3 of 4 cells already finished" in again.stdout
+    client, parent, kids = _children(env)
+    keys = [r.data.tags["cna_tf.cell_key"] for r in kids]
+    assert len(keys) == len(set(keys)) == 4  # the failed cell's old run was replaced, not added
+    assert sum(r.info.status == "FINISHED" for r in kids) == 3
+
+
+@pytest.mark.slow
+def test_compare_ranks_metrics_over_the_grid(tiny_grid):
+    d, env, args, first = tiny_grid
+    proc = _run("compare.py", ["--experiment", "tiny"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # 2 runs x 3 snapshots + the shuffled run's final snapshot
+    assert "3 runs, 7 network instances" in proc.stdout
+    assert "| cna_margin |" in proc.stdout and "All Nets" in proc.stdout
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("tiny")
+    run = client.search_runs([exp.experiment_id], "tags.`cna_tf.role` = 'compare'")[0]
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "compare")}
+    assert names == {"compare/correlations.csv", "compare/correlations.md",
+                     "compare/instances.csv", "compare/correlation_gen_gap.png",
+                     "compare/correlation_loss_gap.png"}
+    local = client.download_artifacts(run.info.run_id, "compare/correlations.csv", str(d))
+    import csv
+    rows = list(csv.DictReader(open(local)))
+    got = next(r for r in rows if r["scope"] == "All Nets" and r["metric"] == "cna_area"
+               and r["target"] == "gen_gap")
+    inst = list(csv.DictReader(open(client.download_artifacts(
+        run.info.run_id, "compare/instances.csv", str(d)))))
+    assert len(inst) == 7
+    x = [float(r["cna_area"]) for r in inst]
+    y = [float(r["gen_gap"]) for r in inst]
+    assert float(got["pearson"]) == pytest.approx(stats.pearsonr(x, y)[0])
+
+
+@pytest.mark.slow
+def test_mlflow_run_train_entry_point(tmp_path):
+    """`mlflow run . -e train` passes the parameters through MLproject's command intact."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+               TF_CPP_MIN_LOG_LEVEL="3",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", "train",
+           "--env-manager", "local", "--experiment-name", "cli",
+           "-P", "dataset=gaussian", "-P", "epochs=1", "-P", "width=0.05", "-P", "depth=2",
+           "-P", 'data_options={"shape": [8, 8, 1], "train_size": 200, "test_size": 100}',
+           "-P", "batch_size=50", "-P", "save_model=true"]
+    proc = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run = client.search_runs([client.get_experiment_by_name("cli").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["cna_tf.n_train"] == "200"
+    # MLflow records the parameter as it put it on the command line (shell-quoted)
+    assert json.loads(shlex.split(run.data.params["data_options"])[0])["shape"] == [8, 8, 1]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == \
+        ["model/model.keras"]
