@@ -8,8 +8,12 @@ STAMP := $(VENV)/.installed
 BACKENDS ?= "jax[cpu]" "torch==2.13.0"
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
+# Runs go to a local sqlite store; browse them with `make ui`.
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+WORKERS ?= 2
+MLFLOW_RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mlflow run . --env-manager local
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo demo-quick ui test test-fast bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +23,16 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The demo grid (17 networks on digits and Gaussian noise) and its comparison table.
 demo: $(STAMP)
+	$(MLFLOW_RUN) --experiment-name cna_tf-demo -P config=demo -P workers=$(WORKERS)
+
+# One MLP on digits, metrics printed before and after training (no MLflow).
+demo-quick: $(STAMP)
 	$(PY) -m cna_tf.demo
+
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests
@@ -35,4 +47,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_callback.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache mlruns mlflow.db
+	rm -rf $(VENV) .pytest_cache mlruns mlflow.db .cna_backup
