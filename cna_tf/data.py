@@ -262,7 +262,15 @@ class Dataset:
         if shuffle is None:
             shuffle = split == "train"
         x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
-        from cna_tf import tf_pipeline  # TensorFlow is imported only here
+        try:
+            from cna_tf import tf_pipeline  # TensorFlow is imported only here
+        except ImportError as e:
+            import keras
+            raise ImportError(
+                f"Dataset.pipeline builds a tf.data pipeline and needs TensorFlow, which is not "
+                f"importable here (Keras backend {keras.backend.backend()!r}: {e}). Install "
+                "tensorflow, or feed arrays instead: model.fit(ds.preprocess(ds.x_train), "
+                "ds.y_train, ...) (no augmentation), or your backend's own data loader.") from e
 
         return tf_pipeline.make_dataset(
             x, y, value_range=self.value_range, mean=self.mean, std=self.std,

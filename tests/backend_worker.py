@@ -67,6 +67,11 @@ def main(out_dir, save):
               callbacks=[cb])
     res["history"] = {str(k): v for k, v in cb.history.items()}
     res["tensorflow_imported"] = sys.modules.get("tensorflow") is not None
+    try:
+        ds.pipeline("train", batch_size=32)
+        res["pipeline_error"] = None
+    except ImportError as e:
+        res["pipeline_error"] = str(e)
     with open(os.path.join(out_dir, f"{backend}.json"), "w") as f:
         json.dump(res, f)
 

@@ -47,6 +47,10 @@ def test_backend_agrees_with_tensorflow(reference, backend):
     out, ref = reference
     got = run_worker(backend, out)
     assert got["backend"] == backend and not got["tensorflow_imported"]
+    # tf.data needs TensorFlow: one clear error naming the backend and the alternative
+    assert ref["pipeline_error"] is None
+    assert f"backend {backend!r}" in got["pipeline_error"]
+    assert "ds.preprocess(ds.x_train)" in got["pipeline_error"]
     assert got["layer_names"] == ref["layer_names"]
     np.testing.assert_allclose(got["sums"], ref["sums"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got["outputs"], ref["outputs"], rtol=1e-4, atol=1e-6)
