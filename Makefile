@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# The demo grid (17 networks on digits and Gaussian noise) and its comparison table.
+# The demo grid (17 networks on digits and Gaussian noise), then its comparison table.
 demo: $(STAMP)
-	$(MLFLOW_RUN) --experiment-name cna_tf-demo -P config=demo -P workers=$(WORKERS)
+	$(MLFLOW_RUN) -e grid --experiment-name cna_tf-demo -P config=demo -P workers=$(WORKERS)
+	$(MLFLOW_RUN) -e compare --experiment-name cna_tf-demo -P experiment=cna_tf-demo
+	@echo "Browse the runs: $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1   (or: make ui)"
 
 # One MLP on digits, metrics printed before and after training (no MLflow).
 demo-quick: $(STAMP)
