@@ -72,6 +72,13 @@ class Tracker:
             self._retry(lambda: self._client.log_batch(self.run_id,
                                                        metrics=entries[i:i + _MAX_BATCH]))
 
+    def logged_steps(self, key: str) -> set:
+        """Steps at which ``key`` has been logged to the run (empty when not tracking)."""
+        if not self.active:
+            return set()
+        return {m.step for m in self._retry(
+            lambda: self._client.get_metric_history(self.run_id, key))}
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if not self.active:
             return

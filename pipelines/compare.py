@@ -4,8 +4,8 @@ Reads the network instances (SPEC §3: each finished train run at each full snap
 one only for shuffled-label runs) of a grid's child runs, or of every train run of an experiment,
 and correlates each metric with ``gen_gap`` and ``loss_gap`` (CNA also with ``test_acc``):
 Pearson, Kendall and granulated Kendall, for All Nets, per architecture and per dataset. Logs a
-CSV and a Markdown table, the instances, and Fig-8/9-style bar charts to the compare run, and
-prints the Markdown table.
+CSV and a Markdown table, the instances, Fig-8/9-style bar charts and the Fig-7 scatter of CNA
+against test accuracy to the compare run, and prints the Markdown table.
 
     python pipelines/compare.py --grid_run_id <id>          # one grid
     python pipelines/compare.py --experiment cna_tf-demo    # all train runs of an experiment
@@ -145,6 +145,16 @@ def _figures(rows: List[Dict[str, Any]]):
             table, title=f"Pearson correlation with {target}")
 
 
+def accuracy_figure(instances: List[Dict[str, Any]], cna_key: str = "cna_test"):
+    """Paper Fig. 7: CNA against test accuracy over every network instance, by arch/dataset."""
+    from cna_tf import plots
+
+    return plots.cna_vs_accuracy([i.get(cna_key, math.nan) for i in instances],
+                                 [i.get("test_acc", math.nan) for i in instances],
+                                 groups=[f"{i.get('arch')}/{i.get('dataset')}" for i in instances],
+                                 title=f"{cna_key} vs test accuracy (Fig. 7)")
+
+
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     import mlflow
 
@@ -177,7 +187,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                  "snapshots): nothing to correlate")
     rows = compare(instances)
     tables = "\n\n".join(markdown(rows, t) for t in TARGETS + ("test_acc",))
-    mlflow.set_experiment(experiment_id=exp.experiment_id)
+    if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run already exists
+        mlflow.set_experiment(experiment_id=exp.experiment_id)
     with mlflow.start_run(run_name="compare") as run:
         mlflow.set_tags({TAG + "role": "compare", TAG + "grid_run_id": grid_id or ""})
         mlflow.log_params({"grid_run_id": grid_id or "all", "runs": len(runs),
@@ -189,6 +200,14 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         for name, fig in _figures(rows):
             mlflow.log_figure(fig, f"compare/{name}")
             plots.close(fig)
+        try:
+            fig = accuracy_figure(instances)
+            mlflow.log_figure(fig, "compare/cna_vs_test_acc.png")
+            plots.close(fig)
+        except Exception as e:  # the tables are the result; a figure never fails the step
+            print(f"warning: compare/cna_vs_test_acc.png not logged: {type(e).__name__}: {e}",
+                  file=sys.stderr, flush=True)
+            mlflow.set_tag(TAG + "figure_error.cna_vs_test_acc", f"{type(e).__name__}: {e}"[:5000])
         for r in rows:
             if r["scope"] == "All Nets" and not math.isnan(r["pearson"]):
                 mlflow.log_metric(f"pearson.{r['metric']}.{r['target']}", r["pearson"])

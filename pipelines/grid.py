@@ -42,7 +42,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--backend", default="local", help="local or kubernetes")
     ap.add_argument("--backend_config", default="",
                     help="MLflow kubernetes backend config (JSON), passed through")
-    ap.add_argument("--experiment", default="", help="experiment name (default cna_tf-<config>)")
+    ap.add_argument("--experiment", default="",
+                    help="experiment name (default: the one `mlflow run` uses, else "
+                    "cna_tf-<config>)")
     ap.add_argument("--backup_root", default="",
                     help="where cells keep resume state (default .cna_backup)")
     ap.add_argument("--max_cells", type=lambda v: int(float(v)), default=0, help="only the first N cells (0: all)")
@@ -104,7 +106,12 @@ class Grid:
         self.backend, self.backend_config = backend, backend_config
         self.backup_root = backup_root
         self.client = mlflow.MlflowClient()
-        self.experiment_id = mlflow.set_experiment(experiment).experiment_id
+        own = os.environ.get("MLFLOW_RUN_ID")
+        if own and not experiment:  # `mlflow run -e grid`: the grid lives where MLflow put it
+            self.experiment_id = self.client.get_run(own).info.experiment_id
+        else:
+            self.experiment_id = mlflow.set_experiment(experiment or f"cna_tf-{name}"
+                                                       ).experiment_id
         self.tracking_uri = mlflow.get_tracking_uri()
         self.parent_id: Optional[str] = None
 
@@ -273,7 +280,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     if args.max_cells:
         cells = cells[:args.max_cells]
     backup_root = Path(args.backup_root or os.environ.get("CNA_TF_BACKUP_DIR", ".cna_backup"))
-    grid = Grid(name, cells, args.experiment or f"cna_tf-{name}", backup_root.resolve(),
+    grid = Grid(name, cells, args.experiment, backup_root.resolve(),
                 args.backend, args.backend_config)
     t0 = time.time()
     try:

@@ -75,6 +75,23 @@ class EpochLogger(keras.callbacks.Callback):
             mlflow.log_metrics(own, step=epoch + 1)
 
 
+class KillAt(keras.callbacks.Callback):
+    """Fault injection for the kill tests: SIGKILLs this process at the end of an epoch.
+
+    Active only with env ``CNA_TF_KILL_AT_EPOCH=N``; placed after the backup and before the CNA
+    measurement, the narrowest window in which a kill could lose or double a logged epoch.
+    """
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.kill_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.kill_epoch:
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _save_weights(path: Path, weights: Dict[str, Any]) -> None:
     import numpy as np
 
@@ -88,6 +105,102 @@ def _load_weights(path: Path) -> Dict[str, Any]:
     with np.load(path, allow_pickle=False) as z:
         keys = [str(k) for k in z["keys"]]
         return {k: z[f"w{i:04d}"] for i, k in enumerate(keys)}
+
+
+FIGURES = "figures"
+
+
+def log_figures(cb, model, p: Dict[str, Any]) -> List[str]:
+    """Logs the run's paper figures under ``figures/``; returns the artifact paths logged.
+
+    * ``fig4_loss_and_cna.png``: training loss and CNA (train, test) per epoch, read back from
+      the run's metrics (so a resumed run shows all its epochs);
+    * ``fig6_error_by_alpha_quintile.png`` and ``quintile_errors.csv``: test error per alpha
+      quintile at every full snapshot (`cna_tf.plots.quintile_error_table`);
+    * ``fig1_depth_profile.png``: z_d over depth for the lowest- and highest-alpha test input of
+      the full-snapshot test set, at the end of training;
+    * ``fig5_trajectory_pca.png``: MLPs with ``trajectory`` on: the weight trajectory over the
+      CNA landscape of the per-epoch test subset.
+
+    A figure that fails is skipped with a warning and tag ``cna_tf.figure_error.<name>``; the
+    run itself never fails here.
+    """
+    import csv
+    import io
+    import traceback
+    import warnings
+
+    import mlflow
+
+    from cna_tf import plots
+
+    run_id = mlflow.active_run().info.run_id
+    logged: List[str] = []
+
+    def fig4():
+        h = plots.metric_histories(run_id, ["train_loss", "cna_train", "cna_test"],
+                                   duplicates="last")
+        (e_loss, loss), (e_tr, c_tr), (e_te, c_te) = (h["train_loss"], h["cna_train"],
+                                                     h["cna_test"])
+        fig = plots.loss_and_cna(e_loss, loss, c_tr, cna_epochs=e_tr, cna_label="CNA",
+                                 title=f"{model.name} on {p['dataset']}: training loss and CNA "
+                                       "(Fig. 4)")
+        ax, ax2 = fig.axes[0], fig.axes[1]
+        ax2.lines[0].set_label("CNA (train)")
+        ax2.plot(e_te, c_te, "--s", ms=3, color="tab:cyan", label="CNA (test)")
+        handles = ax.lines + ax2.lines
+        ax.legend(handles, [ln.get_label() for ln in handles], loc="center right", fontsize=8)
+        return fig
+
+    def fig6():
+        alpha = cb.snapshot_alpha["test"]
+        correct = {e: s["test"] for e, s in cb.snapshots.items()}
+        rows = plots.quintile_error_table(alpha, correct)
+        out = io.StringIO()
+        w = csv.DictWriter(out, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        mlflow.log_text(out.getvalue(), f"{FIGURES}/quintile_errors.csv")
+        logged.append(f"{FIGURES}/quintile_errors.csv")
+        return plots.error_by_alpha_quintile(
+            alpha, correct, title=f"{model.name} on {p['dataset']}: test error by alpha "
+                                  "quintile (Fig. 6)")
+
+    def fig1():
+        split = cb._full_test  # the full-snapshot test samples, aligned with snapshot_alpha
+        sums = cb.probe.layer_sums(split.inputs, batch_size=cb.batch_size)
+        return plots.depth_profile(
+            **plots.pick_extremes(cb.snapshot_alpha["test"], sums, images=split.raw),
+            layer_names=cb.probe.layer_names,
+            title=f"{model.name} on {p['dataset']}, epoch {max(cb.history)}: activation vs "
+                  "depth (Fig. 1)")
+
+    def fig5():
+        split = cb._sub_test  # the per-epoch CNA subset: the trajectory's CNA is cna_test
+        return plots.trajectory_pca(model, cb.trajectory, split.alpha, split.inputs,
+                                    title=None)
+
+    figures = [("fig4_loss_and_cna", fig4), ("fig6_error_by_alpha_quintile", fig6),
+               ("fig1_depth_profile", fig1)]
+    if cb.record_trajectory:
+        figures.append(("fig5_trajectory_pca", fig5))
+    for name, make in figures:
+        fig = None
+        try:
+            fig = make()
+            mlflow.log_figure(fig, f"{FIGURES}/{name}.png")
+            logged.append(f"{FIGURES}/{name}.png")
+        except Exception as e:  # a figure is never worth a failed run
+            warnings.warn(f"figure {name} not logged: {type(e).__name__}: {e}\n"
+                          f"{traceback.format_exc(limit=3)}", RuntimeWarning, stacklevel=2)
+            try:
+                mlflow.set_tag(f"{TAG}figure_error.{name}", f"{type(e).__name__}: {e}"[:5000])
+            except Exception:
+                pass
+        finally:
+            if fig is not None:
+                plots.close(fig)
+    return logged
 
 
 def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> Dict[str, float]:
@@ -145,10 +258,14 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> D
         (ds.x_train, ds.y_train), (ds.x_test, ds.y_test), preprocess=ds.preprocess,
         value_range=ds.value_range, every=1, full_every=p["snapshot_every"],
         max_samples=p["max_samples"], full_max_samples=p["full_max_samples"] or None,
-        seed=p["seed"], initial_weights=initial, verbose=1)
-    # Order matters: metrics are logged before the epoch's backup is written.
-    callbacks = [FailOnNaN(), cb, EpochLogger(),
-                 keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False)]
+        seed=p["seed"], initial_weights=initial, verbose=1,
+        record_trajectory=p["trajectory"] and p["arch"] == "mlp")
+    # Order matters: each epoch's backup is written before its CNA metrics are logged, and the
+    # callback logs a restored epoch whose metrics a kill kept from MLflow (exactly once).
+    callbacks = [FailOnNaN(), EpochLogger(),
+                 keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False), cb]
+    if os.environ.get("CNA_TF_KILL_AT_EPOCH"):
+        callbacks.insert(-1, KillAt(int(os.environ.pop("CNA_TF_KILL_AT_EPOCH"))))
     if augment:
         x = ds.pipeline("train", batch_size=p["batch_size"], augment=True, seed=p["seed"])
         fit_kw: Dict[str, Any] = {}
@@ -168,6 +285,7 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> D
             path = Path(d) / "model.keras"
             model.save(path)
             mlflow.log_artifact(str(path), "model")
+    log_figures(cb, model, p)  # never raises: a figure's failure is a warning and a tag
     shutil.rmtree(backup, ignore_errors=True)  # finished: nothing to resume
     return final
 

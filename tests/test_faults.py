@@ -1,0 +1,147 @@
+"""Killed runs and grids lose nothing and record nothing twice (SIGKILL at several moments)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "pipelines"))
+
+import cells  # noqa: E402
+
+TINY = ["--width", "0.05", "--depth", "2", "--n_train", "300", "--n_test", "150",
+        "--max_samples", "200", "--batch_size", "64"]
+
+
+def _env(tmp_path, **kw):
+    return dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+                TF_CPP_MIN_LOG_LEVEL="3", **kw)
+
+
+def _client(env):
+    import mlflow
+
+    return mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+
+def _steps(client, run_id, key):
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_epoch", [3, 4, 6])  # a light epoch, a snapshot, the last epoch
+def test_train_killed_after_backup_resumes_and_logs_each_epoch_once(tmp_path, kill_epoch):
+    env = _env(tmp_path)
+    client = _client(env)
+    exp = client.create_experiment("resume")
+    run_id = client.create_run(exp).info.run_id
+    backup = tmp_path / "backup"
+    cmd = [sys.executable, str(ROOT / "pipelines" / "train.py"), *TINY, "--epochs", "6",
+           "--snapshot_every", "2", "--backup_dir", str(backup)]
+    first = subprocess.run(cmd, env=dict(env, MLFLOW_RUN_ID=run_id,
+                                         CNA_TF_KILL_AT_EPOCH=str(kill_epoch)),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert client.get_run(run_id).info.status == "RUNNING"   # what a kill leaves behind
+    assert _steps(client, run_id, "cna_train") == list(range(kill_epoch))
+    assert (backup / "training_metadata.json").exists()
+
+    second = subprocess.run(cmd, env=dict(env, MLFLOW_RUN_ID=run_id), capture_output=True,
+                            text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["cna_tf.resumed_from_epoch"] == str(kill_epoch)
+    assert _steps(client, run_id, "cna_train") == list(range(7))   # each epoch exactly once
+    assert _steps(client, run_id, "gen_gap") == [0, 2, 4, 6]
+    assert _steps(client, run_id, "bound_2018") == [0, 2, 4, 6]
+    assert not backup.exists()
+    assert [a.path for a in client.list_artifacts(run_id, "cna")] == [
+        "cna/alpha_beta_epoch6.csv", "cna/alpha_beta_epoch6.png"]
+
+
+def _write_config(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "name: tiny\n"
+        "defaults: {dataset: digits, epochs: 4, snapshot_every: 2, batch_size: 64,"
+        " n_train: 300, n_test: 150, max_samples: 200, depth: 2, arch: mlp}\n"
+        "cells:\n"
+        "  - {width: [0.05, 0.1], seed: [0, 1]}\n")
+    return config
+
+
+def _grid(config, tmp_path, env):
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "pipelines" / "grid.py"), "--config", str(config),
+         "--workers", "1", "--experiment", "faults", "--backup_root", str(tmp_path / "bk")],
+        env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+
+
+def _children(client):
+    exp = client.get_experiment_by_name("faults")
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], "tags.`cna_tf.role` = 'train'")
+
+
+def _wait(pred, timeout=300):
+    t = time.time()
+    while time.time() - t < timeout:
+        if pred():
+            return True
+        time.sleep(0.2)
+    raise AssertionError("condition not reached")
+
+
+@pytest.mark.slow
+def test_grid_killed_mid_cell_and_between_cells_finishes_each_cell_once(tmp_path):
+    """SIGKILL the whole grid (its cell processes too) during training, then between cells."""
+    env = _env(tmp_path)
+    client = _client(env)
+    config = _write_config(tmp_path)
+    _, grid_cells = cells.load_config(str(config))
+    want = {cells.cell_key(c) for c in grid_cells}
+
+    # 1. during training: a cell has logged epoch 1 but is not finished
+    proc = _grid(config, tmp_path, env)
+
+    def training():
+        return any(r.info.status == "RUNNING" and
+                   max(_steps(client, r.info.run_id, "cna_train") or [-1]) >= 1
+                   for r in _children(client))
+    _wait(training)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert any(r.info.status == "RUNNING" for r in _children(client))
+
+    # 2. between cells: right after a cell finished
+    proc = _grid(config, tmp_path, env)
+    _wait(lambda: sum(r.info.status == "FINISHED" for r in _children(client)) >= 1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    # 3. to the end
+    proc = _grid(config, tmp_path, env)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resuming grid run" in out
+    kids = _children(client)
+    keys = [r.data.tags["cna_tf.cell_key"] for r in kids]
+    assert sorted(keys) == sorted(want)                    # each configured cell exactly once
+    assert all(r.info.status == "FINISHED" for r in kids)
+    for r in kids:
+        assert _steps(client, r.info.run_id, "cna_train") == [0, 1, 2, 3, 4]
+        assert _steps(client, r.info.run_id, "gen_gap") == [0, 2, 4]
+    grids = client.search_runs([client.get_experiment_by_name("faults").experiment_id],
+                               "tags.`cna_tf.role` = 'grid'")
+    assert len(grids) == 1
+    # the killed cell's runs: resumed in place from its backup, or deleted and replaced
+    deleted = client.search_runs([grids[0].info.experiment_id], "tags.`cna_tf.role` = 'train'",
+                                 run_view_type=2)  # ViewType.DELETED_ONLY
+    assert all(r.data.tags["cna_tf.cell_key"] in want for r in deleted)
