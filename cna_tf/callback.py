@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import keras
 import numpy as np
 
-from cna_tf.complexity import alpha as compute_alpha
+from cna_tf.complexity import alpha as compute_alpha, check_images
 from cna_tf.evaluation import add_baselines, measure_split, subsample, summarize
 from cna_tf.measures import CNAWarning, beta as compute_beta, cna, curves
 from cna_tf.probe import ActivationProbe
@@ -92,7 +92,16 @@ def _unpack(data, name: str) -> Tuple[np.ndarray, np.ndarray, Any]:
             f"{name} must be (raw_images, labels) or (raw_images, labels, model_inputs); "
             f"got {type(data).__name__}. Alpha needs the raw images, so a tf.data.Dataset "
             "cannot be passed here: give the arrays and a preprocess function.")
-    raw, labels = np.asarray(data[0]), np.asarray(data[1]).reshape(-1)
+    raw, labels = np.asarray(data[0]), np.asarray(data[1])
+    if labels.ndim != 1 and not (labels.ndim == 2 and labels.shape[1] == 1):
+        raise ValueError(f"{name}: labels must be integer class indices of shape (n,), got shape "
+                         f"{labels.shape}; for one-hot labels pass labels.argmax(-1)")
+    labels = labels.reshape(-1)
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise ValueError(f"{name}: labels must be integer class indices, got "
+                             f"{labels.dtype} values such as {labels[:3]}")
+        labels = labels.astype(np.int64)
     if len(raw) != len(labels):
         raise ValueError(f"{name}: {len(raw)} images but {len(labels)} labels")
     if len(raw) < 2:
@@ -188,7 +197,11 @@ class CNACallback(keras.callbacks.Callback):
         raw_te, y_te, in_te = _unpack(test_data, "test_data")
         self.train = _Split(raw_tr, y_tr, in_tr, preprocess, value_range, bins)
         self.test = _Split(raw_te, y_te, in_te, preprocess, value_range, bins)
-        compute_alpha(raw_tr[:2], bins=bins, value_range=value_range)  # fail fast on bad range
+        for what, raw in (("train_data", raw_tr), ("test_data", raw_te)):
+            try:  # fail now, not epochs into training
+                check_images(raw, value_range)
+            except ValueError as e:
+                raise ValueError(f"CNACallback {what}: {e}") from None
         self.every, self.full_every = int(every), int(full_every)
         self.max_samples, self.full_max_samples = max_samples, full_max_samples
         self.bins, self.method, self.window, self.points = bins, method, window, points
@@ -278,6 +291,13 @@ class CNACallback(keras.callbacks.Callback):
     # -- Keras hooks --------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         self.probe = ActivationProbe(self.model, **self.probe_kwargs)
+        units = self.model.outputs[0].shape[-1] if getattr(self.model, "outputs", None) else None
+        for name, split in (("train_data", self.train), ("test_data", self.test)):
+            if units and (split.labels.min() < 0 or split.labels.max() >= units):
+                raise ValueError(
+                    f"CNACallback {name}: labels must lie in [0, {units - 1}] for a model with "
+                    f"{units} outputs; found {split.labels.min()}..{split.labels.max()}. Pass "
+                    "integer class indices (not one-hot), matching the model's classifier.")
         self._tracker = Tracker(self.mlflow, run_name=f"{self.model.name}_cna")
         self._tracker.open()
         self._epoch = 0

@@ -74,6 +74,18 @@ def _check_range(flat: np.ndarray, lo: float, hi: float) -> None:
             "of the raw (un-normalized) images, or compute alpha before preprocessing.")
 
 
+def check_images(images, value_range: ValueRange = None) -> Tuple[float, float]:
+    """Validates raw images for alpha without computing it; returns the resolved value range.
+
+    Raises:
+        ValueError: as `alpha` does: bad shapes, a missing range, NaN/inf or out-of-range pixels.
+    """
+    x = np.asarray(images)
+    lo, hi = resolve_value_range(x, value_range)
+    _check_range(_as_batch(x), lo, hi)
+    return lo, hi
+
+
 def _run_chunks(work, n_rows: int, step: int) -> None:
     """Runs ``work(start, stop)`` over row chunks; np.bincount releases the GIL, so threads help."""
     starts = range(0, n_rows, step)

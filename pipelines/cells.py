@@ -81,7 +81,11 @@ TRAIN_PARAMS: Dict[str, Tuple[Callable[[Any], Any], Any, str]] = {
     "full_max_samples": (_int, 0, "samples per split of a full snapshot (0: all)"),
 }
 # Parameters that do not change the network or its metrics: not part of the cell key.
-RUN_ONLY_PARAMS = {"save_model": (_bool, False, "log the trained model as a .keras artifact")}
+RUN_ONLY_PARAMS = {
+    "save_model": (_bool, False, "log the trained model as a .keras artifact"),
+    "trajectory": (_bool, False, "MLP only: record the weights every epoch and log the Fig-5 "
+                   "CNA landscape (figures/fig5_trajectory_pca.png)"),
+}
 ALL_PARAMS = {**TRAIN_PARAMS, **RUN_ONLY_PARAMS}
 # Hyperparameter axes of a network instance (granulated Kendall, compare tables).
 AXES = ("arch", "dataset", "width", "depth", "epochs", "lr", "momentum", "batch_size",
@@ -110,9 +114,28 @@ def normalize(params: Mapping[str, Any], defaults: Mapping[str, Any] = None) -> 
         except (TypeError, ValueError) as e:
             raise ConfigError(f"parameter {name}={value!r}: {e} (expected {typ.__name__.strip('_')})") \
                 from None
+    _check_names(out)
     if out["augment"] not in ("auto", "true", "false"):
         raise ConfigError(f"augment must be auto, true or false, got {out['augment']!r}")
     return out
+
+
+def _check_names(p: Dict[str, Any]) -> None:
+    """Unknown architectures and datasets fail when the config is read, not cells later."""
+    from cna_tf.data import _ALIASES, DATASETS
+    from cna_tf.models import ARCHITECTURES
+
+    arch = p["arch"].strip().lower().replace("-", "").replace("_", "")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown arch {p['arch']!r}; valid: {', '.join(ARCHITECTURES)}")
+    p["arch"] = arch
+    dataset = p["dataset"].strip()
+    if not dataset.startswith("npz:"):
+        dataset = _ALIASES.get(dataset.lower(), dataset.lower().replace("-", "_"))
+        if dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {p['dataset']!r}; valid: {', '.join(DATASETS)}, "
+                              "or npz:PATH")
+    p["dataset"] = dataset
 
 
 def cell_key(params: Mapping[str, Any]) -> str:
