@@ -13,7 +13,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 WORKERS ?= 2
 MLFLOW_RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mlflow run . --env-manager local
 
-.PHONY: install demo demo-quick ui test test-fast bench clean
+.PHONY: install demo demo-quick reproduce ui test test-fast bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ demo: $(STAMP)
 	$(MLFLOW_RUN) -e grid --experiment-name cna_tf-demo -P config=demo -P workers=$(WORKERS)
 	$(MLFLOW_RUN) -e compare --experiment-name cna_tf-demo -P experiment=cna_tf-demo
 	@echo "Browse the runs: $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1   (or: make ui)"
+
+# The paper's MLP experiments (Figs 1, 3-7) on mnist5k and digits, 3 seeds each, and report.md
+# (CNA at init vs end, error per alpha quintile, correlations vs the paper's MNIST row).
+reproduce: $(STAMP)
+	$(MLFLOW_RUN) -e reproduce --experiment-name cna_tf-reproduce
 
 # One MLP on digits, metrics printed before and after training (no MLflow).
 demo-quick: $(STAMP)

@@ -326,7 +326,7 @@ def test_compare_ranks_metrics_over_the_grid(tiny_grid):
     names = {a.path for a in client.list_artifacts(run.info.run_id, "compare")}
     assert names == {"compare/correlations.csv", "compare/correlations.md",
                      "compare/instances.csv", "compare/correlation_gen_gap.png",
-                     "compare/correlation_loss_gap.png"}
+                     "compare/correlation_loss_gap.png", "compare/cna_vs_test_acc.png"}
     local = client.download_artifacts(run.info.run_id, "compare/correlations.csv", str(d))
     import csv
     rows = list(csv.DictReader(open(local)))
@@ -346,6 +346,8 @@ def test_mlflow_run_train_entry_point(tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
                TF_CPP_MIN_LOG_LEVEL="3",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    # an earlier in-process mlflow.set_experiment exported its experiment id: not this one's
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
     cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", "train",
            "--env-manager", "local", "--experiment-name", "cli",
            "-P", "dataset=gaussian", "-P", "epochs=1", "-P", "width=0.05", "-P", "depth=2",
