@@ -68,7 +68,8 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         import mlflow
 
-        own = {(k if k.startswith("val_") else f"train_{k}"): float(v)
+        # Keras' names: `train_loss` / `train_acc` are the callback's un-augmented evaluations
+        own = {k: float(v)
                for k, v in (logs or {}).items()
                if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
         if own:
@@ -138,9 +139,9 @@ def log_figures(cb, model, p: Dict[str, Any]) -> List[str]:
     logged: List[str] = []
 
     def fig4():
-        h = plots.metric_histories(run_id, ["train_loss", "cna_train", "cna_test"],
+        h = plots.metric_histories(run_id, ["loss", "cna_train", "cna_test"],
                                    duplicates="last")
-        (e_loss, loss), (e_tr, c_tr), (e_te, c_te) = (h["train_loss"], h["cna_train"],
+        (e_loss, loss), (e_tr, c_tr), (e_te, c_te) = (h["loss"], h["cna_train"],
                                                      h["cna_test"])
         fig = plots.loss_and_cna(e_loss, loss, c_tr, cna_epochs=e_tr, cna_label="CNA",
                                  title=f"{model.name} on {p['dataset']}: training loss and CNA "

@@ -259,14 +259,11 @@ def assert_grid_complete(rec: Dict, n_cells: int = 4, epochs: int = 2) -> None:
         # a lost or duplicated write shows up as a missing or repeated step
         for name in ("cna_test", "cna_train", "gen_gap", "cna_margin", "l2", "cna_area"):
             assert steps.get(name) == snapshots, f"{where}: {name} at steps {steps.get(name)}"
-        assert steps.get("train_accuracy") == snapshots[1:], where  # Keras' own, per epoch
+        assert steps.get("accuracy") == snapshots[1:], where  # Keras' own, per epoch
         assert steps.get("train_seconds") == [0], where
         for name, got in steps.items():
             assert set(got) <= set(snapshots), f"{where}: {name} at steps {got}"
-            # `train_loss` has two writers (the snapshot's loss on un-augmented data, and
-            # Keras' running loss per epoch, pipelines/train.py EpochLogger): both kept
-            if name not in DOUBLE_WRITTEN:
-                assert len(got) == len(set(got)), f"{where}: {name} repeated: {got}"
+            assert len(got) == len(set(got)), f"{where}: {name} repeated: {got}"
         files = rec["artifacts"][key]
         assert "logs/train.log" in files, f"{where}: {files}"
         assert any(p.startswith("cna/") and p.endswith(".csv") for p in files), \
@@ -276,7 +273,6 @@ def assert_grid_complete(rec: Dict, n_cells: int = 4, epochs: int = 2) -> None:
         assert "finished in" in rec["logs"][key], f"{where}: train.log incomplete"
 
 
-DOUBLE_WRITTEN = {"train_loss"}
 LOCK_MARKERS = ("database is locked", "database table is locked")
 
 
