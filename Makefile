@@ -18,7 +18,7 @@ MLFLOW_RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mlflow run . --env
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]" $(BACKENDS)
+	$(PY) -m pip install -q -e ".[dev,ray]" $(BACKENDS)
 	touch $(STAMP)
 
 install: $(STAMP)
