@@ -315,18 +315,17 @@ class CNACallback(keras.callbacks.Callback):
         if self.baselines and self.initial_weights is None:
             from cna_tf import baselines
             self.initial_weights = baselines.capture_initial_weights(self.model)
-        if epoch == 0:
+        full = epoch == 0 or self._is_full(epoch)
+        if not (full or epoch % self.every == 0):
+            return
+        if epoch == 0 and not self._tracker.active:
             self._measure(0, full=True)
-            return
-        full = self._is_full(epoch)
-        if not self._tracker.active or not (full or epoch % self.every == 0):
-            return
-        if epoch not in self._tracker.logged_steps("cna_train"):
-            # Resumed from a backup written before this epoch's measurement was logged (a
-            # kill in between): the restored weights are exactly that epoch's state.
+        elif epoch not in self._tracker.logged_steps("cna_train"):
+            # Epoch 0, or resumed from a backup written before this epoch's measurement was
+            # logged (a kill in between): the restored weights are exactly that epoch's state.
             self._measure(epoch, full=full)
-        elif full:
-            self._last_full_epoch = epoch  # logged before the kill: not again
+        elif full:  # logged before a kill (a run restarted in place): not again
+            self._last_full_epoch = epoch
             if epoch == (self.params or {}).get("epochs"):
                 self._full()  # the final curves artifact still needs the details
 

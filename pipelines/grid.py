@@ -415,7 +415,8 @@ class Grid:
         params = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in p.items()}
         params.update(cell_key=key, parent_run_id=self.parent_id)
         submitted = mlflow.projects.run(
-            str(PROJECT_DIR), entry_point="train", parameters=params, backend="kubernetes",
+            str(PROJECT_DIR / "k8s"), entry_point="train", parameters=params,
+            backend="kubernetes",
             backend_config=self.backend_config, experiment_id=self.experiment_id,
             synchronous=False)
         submitted.wait()

@@ -264,7 +264,8 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> D
     # Order matters: each epoch's backup is written before its CNA metrics are logged, and the
     # callback logs a restored epoch whose metrics a kill kept from MLflow (exactly once).
     callbacks = [FailOnNaN(), EpochLogger(),
-                 keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False), cb]
+                 keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False,
+                                                  double_checkpoint=True), cb]
     if os.environ.get("CNA_TF_KILL_AT_EPOCH"):
         callbacks.insert(-1, KillAt(int(os.environ.pop("CNA_TF_KILL_AT_EPOCH"))))
     if augment:

@@ -33,8 +33,14 @@ def _steps(client, run_id, key):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_epoch", [3, 4, 6])  # a light epoch, a snapshot, the last epoch
-def test_train_killed_after_backup_resumes_and_logs_each_epoch_once(tmp_path, kill_epoch):
+@pytest.mark.parametrize("kill_epoch, lose_backup", [
+    (3, False),  # a light epoch
+    (4, False),  # a snapshot epoch
+    (6, False),  # the last epoch
+    (1, True),   # no usable backup: the run restarts from scratch in place
+])
+def test_train_killed_after_backup_resumes_and_logs_each_epoch_once(tmp_path, kill_epoch,
+                                                                     lose_backup):
     env = _env(tmp_path)
     client = _client(env)
     exp = client.create_experiment("resume")
@@ -49,13 +55,19 @@ def test_train_killed_after_backup_resumes_and_logs_each_epoch_once(tmp_path, ki
     assert client.get_run(run_id).info.status == "RUNNING"   # what a kill leaves behind
     assert _steps(client, run_id, "cna_train") == list(range(kill_epoch))
     assert (backup / "training_metadata.json").exists()
+    if lose_backup:
+        import shutil
+        shutil.rmtree(backup)
 
     second = subprocess.run(cmd, env=dict(env, MLFLOW_RUN_ID=run_id), capture_output=True,
                             text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["cna_tf.resumed_from_epoch"] == str(kill_epoch)
+    if lose_backup:
+        assert "cna_tf.resumed_from_epoch" not in run.data.tags
+    else:
+        assert run.data.tags["cna_tf.resumed_from_epoch"] == str(kill_epoch)
     assert _steps(client, run_id, "cna_train") == list(range(7))   # each epoch exactly once
     assert _steps(client, run_id, "gen_gap") == [0, 2, 4, 6]
     assert _steps(client, run_id, "bound_2018") == [0, 2, 4, 6]
