@@ -1,6 +1,6 @@
 """alpha: vectorized counting vs a per-image np.histogram loop (target >= 20x).
 
-Run: .venv/bin/python bench/bench_alpha.py [--n 50000]
+Run: .venv/bin/python bench/bench_alpha.py [--n 50000] [--quick] [--out DIR]
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 import cna_tf  # noqa: E402
-from common import interleaved, machine, median, save, table  # noqa: E402
+from common import add_common_args, interleaved, load, machine, median, save, table  # noqa: E402
 
 
 def loop_alpha(x: np.ndarray, bins: int = 100) -> np.ndarray:
@@ -30,9 +30,13 @@ def loop_alpha(x: np.ndarray, bins: int = 100) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--n", type=int, default=None, help="images (default 50,000; quick 2,000)")
     ap.add_argument("--repeats", type=int, default=3)
+    add_common_args(ap)
     args = ap.parse_args()
+    if args.n is None:
+        args.n = 2_000 if args.quick else 50_000
+    load_before = load()
     x = np.random.default_rng(0).integers(0, 256, size=(args.n, 32, 32, 3), dtype=np.uint8)
     t = interleaved({"vectorized": lambda: cna_tf.alpha(x),
                      "loop": lambda: loop_alpha(x)}, repeats=args.repeats, warmup=0)
@@ -49,7 +53,8 @@ def main() -> None:
     path = save("alpha", {"machine": machine(), "n": args.n, "shape": [32, 32, 3],
                           "vectorized_s": vec, "loop_s": loop, "speedup": loop / vec,
                           "float32_10k_s": t_float, "target": ">= 20x",
-                          "met": loop / vec >= 20})
+                          "met": loop / vec >= 20, "quick": args.quick,
+                          "load_before": load_before, "load_after": load()}, out=args.out)
     print(f"wrote {path}")
 
 

@@ -7,7 +7,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,13 +48,90 @@ def interleaved(fns: Dict[str, Callable[[], object]], repeats: int = 5, warmup: 
     return times
 
 
+def load() -> Dict[str, float]:
+    """Load averages (1, 5, 15 min) and the CPU count, to tell a busy machine from a quiet one."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return {}
+    return {"load_1m": one, "load_5m": five, "load_15m": fifteen, "cpus": os.cpu_count()}
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (MiB), from /proc (Linux)."""
+    return _status_kb("VmRSS") / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Resets this process's RSS high-water mark (VmHWM) to the current RSS (Linux >= 4.0).
+
+    Returns False where that is not possible; `peak_rss_mb` then reports the process's peak
+    since it started (``ru_maxrss``), which is why each memory case runs in a fresh process.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """RSS high-water mark (MiB): VmHWM since the last `reset_peak_rss`, else ru_maxrss."""
+    kb = _status_kb("VmHWM")
+    if kb:
+        return kb / 1024
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_kb(key: str) -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+def add_common_args(ap) -> None:
+    """``--quick`` (small sizes, a smoke run) and ``--out`` (results folder) of every script."""
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS})")
+
+
+def interleaved_cpu(fns: Dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
+                    ) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """`interleaved` that also returns the process CPU time of each call (all threads).
+
+    CPU seconds count the work this process did, so they move much less than wall seconds
+    when other processes share the cores (they still include threads spinning while waiting).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    wall: Dict[str, List[float]] = {k: [] for k in fns}
+    cpu: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            cpu[k].append(time.process_time() - c)
+            wall[k].append(time.perf_counter() - t)
+    return wall, cpu
+
+
 def median(v: List[float]) -> float:
     return statistics.median(v)
 
 
-def save(name: str, payload: Dict[str, object]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}_{payload['machine']['backend']}.json"
+def save(name: str, payload: Dict[str, object], out: Optional[str] = None) -> Path:
+    """Writes ``<out or bench/results>/<name>_<backend>.json``."""
+    folder = Path(out) if out else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}_{payload['machine']['backend']}.json"
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     return path
 

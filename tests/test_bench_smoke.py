@@ -1,0 +1,79 @@
+"""Smoke runs of the bench/ scripts (`make bench`) at --quick sizes: they run, write their JSON.
+
+No time limits are asserted: timings on a shared machine say nothing about correctness. The
+numbers' targets are checked by reading bench/results and docs/performance.md, not here.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+
+pytestmark = pytest.mark.slow
+
+
+def run_bench(script: str, tmp_path: Path, *extra: str) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MLFLOW_ENABLE_ASYNC_LOGGING="false")
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out",
+                           str(tmp_path), *extra], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1, (files, proc.stdout[-2000:])
+    data = json.loads(files[0].read_text())
+    assert data["quick"] is True
+    assert {"platform", "python", "cpus", "keras", "backend"} <= set(data["machine"])
+    assert isinstance(data["met"], bool)
+    return data
+
+
+def positive(*values) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
+
+
+def test_bench_alpha(tmp_path):
+    d = run_bench("bench_alpha.py", tmp_path)
+    assert d["n"] == 2000
+    assert positive(d["vectorized_s"], d["loop_s"], d["speedup"], d["float32_10k_s"])
+
+
+def test_bench_probe(tmp_path):
+    d = run_bench("bench_probe.py", tmp_path)
+    assert [c["model"] for c in d["cases"]] == ["mlp", "resnet18"]
+    for c in d["cases"]:
+        assert {"predict", "probe", "usual"} <= set(c["seconds"])
+        assert positive(*c["seconds"].values(), c["ratio_probe_predict"],
+                        c["ratio_usual_predict"], c["n"], c["n_usual"], c["layers"])
+    assert {(m["model"], m["method"]) for m in d["memory"]} == {
+        ("mlp", "predict"), ("mlp", "probe"), ("mlp", "usual")}
+    for m in d["memory"]:
+        assert positive(m["rss_before_mb"], m["peak_rss_mb"], m["fetched_mb"], m["seconds"])
+        assert m["peak_rss_mb"] >= m["rss_before_mb"]
+    assert {"mlp/predict", "mlp/probe", "mlp/usual"} <= set(d["memory_growth"])
+    usual, probe = d["memory_growth"]["mlp/usual"], d["memory_growth"]["mlp/probe"]
+    assert usual["fetched_mb"][1] > probe["fetched_mb"][1]
+
+
+def test_bench_measures(tmp_path):
+    d = run_bench("bench_measures.py", tmp_path)
+    assert positive(d["cna_area_s"], d["n"])
+    for key in ("cna_area/crossing", "cna_area/shifted", "curves/crossing", "beta/L5",
+                "beta/L20", "cna/pearson", "cna/spearman", "cna/kendall"):
+        assert positive(d["results"][key]["seconds"]), key
+    assert positive(d["results"]["cna_area/crossing"]["area"])
+
+
+def test_bench_callback(tmp_path):
+    d = run_bench("bench_callback.py", tmp_path)
+    assert {"plain", "callback", "callback_mlflow"} == set(d["epoch_s"])
+    assert positive(*d["epoch_s"].values(), d["plain_epoch_s"], d["light_s"],
+                    d["full_snapshot_s"])
+    assert all(math.isfinite(v) for v in d["overhead"].values())
+    assert len(d["epoch_intervals"]["callback"]) == d["rounds"] * (d["epochs"] - 2)
+    assert d["defaults"] == {"every": 1, "full_every": 20, "max_samples": 2000}
