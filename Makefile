@@ -11,6 +11,8 @@ export PYTHONUNBUFFERED := 1
 # Runs go to a local sqlite store; browse them with `make ui`.
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 WORKERS ?= 2
+# pytest-xdist processes for `make test`; --dist loadfile keeps a file's module fixtures in one.
+TEST_WORKERS ?= 2
 MLFLOW_RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mlflow run . --env-manager local
 
 .PHONY: install demo demo-quick reproduce ui test test-fast bench clean
@@ -42,7 +44,7 @@ ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra --durations=15 tests
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow" tests
@@ -52,6 +54,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_probe.py
 	$(PY) bench/bench_measures.py
 	$(PY) bench/bench_callback.py
+	$(PY) bench/bench_grid.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache mlruns mlflow.db .cna_backup

@@ -77,3 +77,12 @@ def test_bench_callback(tmp_path):
     assert all(math.isfinite(v) for v in d["overhead"].values())
     assert len(d["epoch_intervals"]["callback"]) == d["rounds"] * (d["epochs"] - 2)
     assert d["defaults"] == {"every": 1, "full_every": 20, "max_samples": 2000}
+
+
+def test_bench_grid(tmp_path):
+    d = run_bench("bench_grid.py", tmp_path)
+    assert d["max_cells"] == 2 and d["cells"] == 2
+    assert [r["workers"] for r in d["runs"]] == [1, 2]
+    assert all(r["finished"] == 2 and r["failed"] == 0 for r in d["runs"])
+    assert positive(d["seconds_1_worker"], d["seconds_2_workers"], d["speedup"])
+    assert d["speedup"] == d["seconds_1_worker"] / d["seconds_2_workers"]

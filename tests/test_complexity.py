@@ -106,3 +106,15 @@ def test_compression_alpha(rng):
     assert cna_tf.compression_alpha(x)[0] < cna_tf.compression_alpha(x)[1]
     f = x.astype(np.float32) / 255.0
     np.testing.assert_allclose(cna_tf.compression_alpha(f, value_range=(0, 1)), want)
+
+
+def test_entropy_table_matches_scipy(rng):
+    from scipy.stats import entropy
+
+    from cna_tf.complexity import _entropy_of_counts
+
+    counts = rng.multinomial(300, np.full(7, 1 / 7), size=50)
+    counts[:5] = 0
+    counts[:5, 0] = 300  # one bin only: entropy 0
+    np.testing.assert_allclose(_entropy_of_counts(counts), entropy(counts, axis=1), atol=1e-12)
+    np.testing.assert_allclose(_entropy_of_counts(np.array([[1, 0]])), [0.0])
