@@ -14,7 +14,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=lambda v: int(float(v)), default=2)
     ap.add_argument("--backend", default="local")
     ap.add_argument("--backend_config", default="")
+    # Passed through to the grid step (backend=ray), see pipelines/grid.py.
+    ap.add_argument("--ray_address", default="")
+    ap.add_argument("--ray_cpus_per_cell", type=float, default=1.0)
+    ap.add_argument("--ray_gpus_per_cell", type=float, default=0.0)
+    ap.add_argument("--ray_max_retries", type=lambda v: int(float(v)), default=3)
     return ap.parse_args(argv)
+
+
+def grid_parameters(args: argparse.Namespace) -> dict:
+    """The grid entry point's parameters from main's arguments."""
+    return {"config": args.config, "workers": args.workers, "backend": args.backend,
+            "backend_config": args.backend_config, "ray_address": args.ray_address,
+            "ray_cpus_per_cell": args.ray_cpus_per_cell,
+            "ray_gpus_per_cell": args.ray_gpus_per_cell,
+            "ray_max_retries": args.ray_max_retries}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -26,8 +40,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         experiment_id = run.info.experiment_id
         grid = mlflow.projects.run(
             ".", entry_point="grid", env_manager="local", experiment_id=experiment_id,
-            parameters={"config": args.config, "workers": args.workers,
-                        "backend": args.backend, "backend_config": args.backend_config})
+            parameters=grid_parameters(args))
         grid_run_id = client.get_run(grid.run_id).data.tags["cna_tf.grid_run_id"]
         mlflow.set_tag("cna_tf.grid_run_id", grid_run_id)
         compare = mlflow.projects.run(".", entry_point="compare", env_manager="local",

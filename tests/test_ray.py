@@ -10,6 +10,7 @@ group (not ``ray stop``, which would stop every Ray runtime of the machine).
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -414,3 +415,24 @@ def test_a_retry_waits_for_the_earlier_train_py_and_never_retrains_a_finished_ce
     os.close(held)
     t.join(60)
     assert result["rc"] == 0 and "not trained again" in result["log"]
+
+
+def test_mlproject_main_passes_the_ray_parameters_to_the_grid():
+    from mlflow.projects._project_spec import load_project
+
+    import main as main_step
+
+    project = load_project(str(ROOT))
+    main_ep, grid_ep = project.get_entry_point("main"), project.get_entry_point("grid")
+    cmd = main_ep.compute_command({"backend": "ray", "ray_address": "ray://head:10001",
+                                   "ray_gpus_per_cell": 1, "ray_max_retries": 2},
+                                  storage_dir=None)
+    argv = shlex.split(cmd)[2:]  # after "python pipelines/main.py"
+    params = main_step.grid_parameters(main_step.parse_args(argv))
+    assert params["backend"] == "ray" and params["ray_address"] == "ray://head:10001"
+    assert (params["ray_gpus_per_cell"], params["ray_cpus_per_cell"],
+            params["ray_max_retries"]) == (1.0, 1.0, 2)
+    # every parameter main hands the grid is one the grid entry point declares
+    assert set(params) <= set(grid_ep.parameters)
+    grid_cmd = grid_ep.compute_command(params, storage_dir=None)
+    assert "--ray_address ray://head:10001" in grid_cmd and "--ray_max_retries 2" in grid_cmd
