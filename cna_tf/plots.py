@@ -763,7 +763,8 @@ def cna_vs_accuracy(cna_values, test_acc, groups: Optional[Sequence[Any]] = None
         r = float("nan")
     ax.set_xlabel("test accuracy")
     ax.set_ylabel("CNA")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # no instances at all: no legend (and no warning)
+        ax.legend(fontsize=7)
     head = title or "CNA vs test accuracy (Fig. 7)"
     ax.set_title(f"{head}\nPearson r = {r:.3f} (n = {x.size})", fontsize=10)
     fig.tight_layout()
