@@ -36,16 +36,7 @@ def machine() -> Dict[str, object]:
 def interleaved(fns: Dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
                 ) -> Dict[str, List[float]]:
     """Times each function ``repeats`` times, alternating them so drift affects all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return times
+    return interleaved_cpu(fns, repeats=repeats, warmup=warmup)[0]
 
 
 def load() -> Dict[str, float]:

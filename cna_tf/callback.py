@@ -11,7 +11,7 @@ import numpy as np
 
 from cna_tf.complexity import alpha as compute_alpha, check_images
 from cna_tf.evaluation import add_baselines, measure_split, subsample, summarize
-from cna_tf.measures import CNAWarning, beta as compute_beta, cna, curves
+from cna_tf.measures import CNAWarning, _labels, beta as compute_beta, cna, curves
 from cna_tf.probe import ActivationProbe
 from cna_tf.tracking import Tracker, nan_reasons
 
@@ -293,11 +293,13 @@ class CNACallback(keras.callbacks.Callback):
         self.probe = ActivationProbe(self.model, **self.probe_kwargs)
         units = self.model.outputs[0].shape[-1] if getattr(self.model, "outputs", None) else None
         for name, split in (("train_data", self.train), ("test_data", self.test)):
-            if units and (split.labels.min() < 0 or split.labels.max() >= units):
-                raise ValueError(
-                    f"CNACallback {name}: labels must lie in [0, {units - 1}] for a model with "
-                    f"{units} outputs; found {split.labels.min()}..{split.labels.max()}. Pass "
-                    "integer class indices (not one-hot), matching the model's classifier.")
+            if units:
+                try:  # the check margins() would make at the first full snapshot, made now
+                    _labels(split.labels, len(split.labels), units)
+                except ValueError as e:
+                    raise ValueError(
+                        f"CNACallback {name}: {e}. Pass integer class indices (not one-hot), "
+                        "matching the model's classifier.") from None
         self._tracker = Tracker(self.mlflow, run_name=f"{self.model.name}_cna")
         self._tracker.open()
         self._epoch = 0

@@ -78,15 +78,24 @@ def _check_range(flat: np.ndarray, lo: float, hi: float) -> None:
             "of the raw (un-normalized) images, or compute alpha before preprocessing.")
 
 
+def _validated(images, value_range: ValueRange) -> Tuple[np.ndarray, float, float]:
+    """The checks of `alpha`: (flat (n, pixels) batch, low, high) or a ValueError."""
+    flat = _as_batch(images)
+    if flat.dtype == np.bool_:
+        flat = flat.astype(np.uint8)
+        value_range = (0, 1) if value_range is None else value_range
+    lo, hi = resolve_value_range(flat, value_range)
+    _check_range(flat, lo, hi)
+    return flat, lo, hi
+
+
 def check_images(images, value_range: ValueRange = None) -> Tuple[float, float]:
     """Validates raw images for alpha without computing it; returns the resolved value range.
 
     Raises:
         ValueError: as `alpha` does: bad shapes, a missing range, NaN/inf or out-of-range pixels.
     """
-    x = np.asarray(images)
-    lo, hi = resolve_value_range(x, value_range)
-    _check_range(_as_batch(x), lo, hi)
+    _, lo, hi = _validated(images, value_range)
     return lo, hi
 
 
@@ -187,12 +196,7 @@ def alpha(images, bins: int = 100, value_range: ValueRange = None) -> np.ndarray
     bins = int(bins)
     if bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins}")
-    flat = _as_batch(images)
-    if flat.dtype == np.bool_:
-        flat = flat.astype(np.uint8)
-        value_range = (0, 1) if value_range is None else value_range
-    lo, hi = resolve_value_range(flat, value_range)
-    _check_range(flat, lo, hi)
+    flat, lo, hi = _validated(images, value_range)
     integral = np.issubdtype(flat.dtype, np.integer) and lo.is_integer() and hi.is_integer()
     if integral and hi - lo <= 1 << 16:
         counts = _integer_bin_counts(flat, int(lo), int(hi), bins)

@@ -118,3 +118,14 @@ def test_entropy_table_matches_scipy(rng):
     counts[:5, 0] = 300  # one bin only: entropy 0
     np.testing.assert_allclose(_entropy_of_counts(counts), entropy(counts, axis=1), atol=1e-12)
     np.testing.assert_allclose(_entropy_of_counts(np.array([[1, 0]])), [0.0])
+
+
+def test_check_images_accepts_what_alpha_accepts(rng):
+    from cna_tf.complexity import check_images
+
+    b = rng.random((4, 5, 5)) > 0.5  # bool images: alpha defaults their range to (0, 1)
+    assert check_images(b) == (0.0, 1.0)
+    assert cna_tf.alpha(b).shape == (4,)
+    assert check_images(rng.integers(0, 256, (3, 4, 4), dtype=np.uint8)) == (0.0, 255.0)
+    with pytest.raises(ValueError, match="outside the declared value_range"):
+        check_images(np.full((2, 3, 3), 17.0), value_range=(0, 16))
