@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import keras
 from keras import layers
 
-__all__ = ["ARCHITECTURES", "INITIALIZERS", "build", "count_weighted_layers"]
+__all__ = ["ARCHITECTURES", "INITIALIZERS", "build", "canonical_name", "count_weighted_layers"]
 
 #: Valid architecture names for `build`.
 ARCHITECTURES: Tuple[str, ...] = ("mlp", "vgg18", "resnet18", "resnet101")
@@ -89,7 +89,16 @@ _VALID_KWARGS: Dict[str, Tuple[str, ...]] = {
 # Argument checking
 # --------------------------------------------------------------------------------------------
 
-def _canonical_name(name: Any) -> str:
+def canonical_name(name: Any) -> str:
+    """The canonical architecture name of a spelling: case, ``-`` and ``_`` are ignored.
+
+    Example:
+        >>> canonical_name("ResNet-18"), canonical_name("VGG_18")
+        ('resnet18', 'vgg18')
+
+    Raises:
+        ValueError: an unknown name; the message lists `ARCHITECTURES`.
+    """
     if isinstance(name, str):
         key = name.strip().lower().replace("-", "").replace("_", "")
         if key in ARCHITECTURES:
@@ -352,7 +361,7 @@ def build(name: str, input_shape: Sequence[int], num_classes: int, width: float 
             sizes for a conv net), ``width <= 0``, ``num_classes < 2`` or an unknown/bad keyword
             argument; the message lists the valid choices.
     """
-    arch = _canonical_name(name)
+    arch = canonical_name(name)
     shape = _check_input_shape(arch, input_shape)
     width = _check_width(width)
     num_classes = _check_num_classes(num_classes)

@@ -122,20 +122,19 @@ def normalize(params: Mapping[str, Any], defaults: Mapping[str, Any] = None) -> 
 
 def _check_names(p: Dict[str, Any]) -> None:
     """Unknown architectures and datasets fail when the config is read, not cells later."""
-    from cna_tf.data import _ALIASES, DATASETS
-    from cna_tf.models import ARCHITECTURES
+    from cna_tf import data, models
 
-    arch = p["arch"].strip().lower().replace("-", "").replace("_", "")
-    if arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown arch {p['arch']!r}; valid: {', '.join(ARCHITECTURES)}")
-    p["arch"] = arch
-    dataset = p["dataset"].strip()
-    if not dataset.startswith("npz:"):
-        dataset = _ALIASES.get(dataset.lower(), dataset.lower().replace("-", "_"))
-        if dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {p['dataset']!r}; valid: {', '.join(DATASETS)}, "
-                              "or npz:PATH")
-    p["dataset"] = dataset
+    try:
+        arch = models.canonical_name(p["arch"])
+    except ValueError:
+        raise ConfigError(f"unknown arch {p['arch']!r}; valid: {', '.join(models.ARCHITECTURES)}"
+                          ) from None
+    try:
+        dataset = data.canonical_name(p["dataset"])
+    except ValueError:
+        raise ConfigError(f"unknown dataset {p['dataset']!r}; valid: {', '.join(data.DATASETS)}, "
+                          "or npz:PATH") from None
+    p["arch"], p["dataset"] = arch, dataset
 
 
 def cell_key(params: Mapping[str, Any]) -> str:

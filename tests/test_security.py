@@ -34,12 +34,12 @@ def test_npz_with_pickled_objects_is_refused(tmp_path):
 
 
 def test_cifar_batches_refuse_code_objects():
-    from cna_tf.data import _RestrictedUnpickler
+    from cna_tf.data.formats import RestrictedUnpickler
     import io
 
     payload = pickle.dumps(print)  # a global that is not a container or a numpy array
     with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle"):
-        _RestrictedUnpickler(io.BytesIO(payload)).load()
+        RestrictedUnpickler(io.BytesIO(payload)).load()
 
 
 def test_servers_bind_loopback_by_default():
