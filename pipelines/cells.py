@@ -21,69 +21,39 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
 
+from params import parse_bool, parse_float, parse_int, parse_options
+
 __all__ = ["TRAIN_PARAMS", "CONFIG_DIR", "normalize", "cell_key", "expand", "load_config",
            "ConfigError", "cli_args"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def _bool(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "y", "on"):
-        return True
-    if s in ("0", "false", "no", "n", "off", ""):
-        return False
-    raise ValueError(f"not a boolean: {v!r}")
-
-
-def _int(v: Any) -> int:
-    """An integer from an int, an integral float, or a string of one ("5", "5.0")."""
-    if isinstance(v, bool):
-        raise ValueError("not an integer")
-    f = float(v)
-    if not f.is_integer():
-        raise ValueError("not an integer")
-    return int(f)
-
-
-def _options(v: Any) -> str:
-    """Dataset options as canonical JSON (a mapping in YAML, a JSON string on the command line)."""
-    if v is None or v == "":
-        return ""
-    if isinstance(v, str):
-        v = json.loads(v)
-    if not isinstance(v, Mapping):
-        raise ValueError(f"data_options must be a mapping, got {v!r}")
-    return json.dumps(v, sort_keys=True, separators=(",", ":")) if v else ""
-
-
 # name -> (type, default, help). The only definition of the `train` step's parameters.
 TRAIN_PARAMS: Dict[str, Tuple[Callable[[Any], Any], Any, str]] = {
     "arch": (str, "mlp", "mlp, vgg18, resnet18 or resnet101"),
     "dataset": (str, "digits", "a cna_tf.data name (digits, mnist5k, gaussian, mnist, ...)"),
-    "width": (float, 1.0, "layer-width multiplier"),
-    "depth": (_int, 5, "hidden layers of the MLP (ignored by the conv nets)"),
-    "epochs": (_int, 10, "training epochs"),
-    "lr": (float, 0.05, "SGD learning rate"),
-    "momentum": (float, 0.8, "SGD momentum"),
-    "batch_size": (_int, 512, "training batch size"),
-    "label_shuffle": (float, 0.0, "fraction of training labels permuted (SPEC §4)"),
-    "seed": (_int, 0, "seed of data split, init, shuffling and measurement subsets"),
-    "snapshot_every": (_int, 20, "epochs between full snapshots (0: init and final only)"),
-    "final_only": (_bool, False, "only the final snapshot is a network instance (shuffled labels)"),
-    "n_train": (_int, 0, "stratified training subsample (0: all)"),
-    "n_test": (_int, 0, "stratified test subsample (0: all)"),
+    "width": (parse_float, 1.0, "layer-width multiplier"),
+    "depth": (parse_int, 5, "hidden layers of the MLP (ignored by the conv nets)"),
+    "epochs": (parse_int, 10, "training epochs"),
+    "lr": (parse_float, 0.05, "SGD learning rate"),
+    "momentum": (parse_float, 0.8, "SGD momentum"),
+    "batch_size": (parse_int, 512, "training batch size"),
+    "label_shuffle": (parse_float, 0.0, "fraction of training labels permuted (SPEC §4)"),
+    "seed": (parse_int, 0, "seed of data split, init, shuffling and measurement subsets"),
+    "snapshot_every": (parse_int, 20, "epochs between full snapshots (0: init and final only)"),
+    "final_only": (parse_bool, False, "only the final snapshot is a network instance (shuffled labels)"),
+    "n_train": (parse_int, 0, "stratified training subsample (0: all)"),
+    "n_test": (parse_int, 0, "stratified test subsample (0: all)"),
     "augment": (str, "auto", "auto (paper default per dataset), true or false"),
-    "data_options": (_options, "", "JSON of extra cna_tf.data.load options, e.g. gaussian shape"),
-    "max_samples": (_int, 2000, "samples per split of the per-epoch CNA"),
-    "full_max_samples": (_int, 0, "samples per split of a full snapshot (0: all)"),
+    "data_options": (parse_options, "", "JSON of extra cna_tf.data.load options, e.g. gaussian shape"),
+    "max_samples": (parse_int, 2000, "samples per split of the per-epoch CNA"),
+    "full_max_samples": (parse_int, 0, "samples per split of a full snapshot (0: all)"),
 }
 # Parameters that do not change the network or its metrics: not part of the cell key.
 RUN_ONLY_PARAMS = {
-    "save_model": (_bool, False, "log the trained model as a .keras artifact"),
-    "trajectory": (_bool, False, "MLP only: record the weights every epoch and log the Fig-5 "
+    "save_model": (parse_bool, False, "log the trained model as a .keras artifact"),
+    "trajectory": (parse_bool, False, "MLP only: record the weights every epoch and log the Fig-5 "
                    "CNA landscape (figures/fig5_trajectory_pca.png)"),
 }
 ALL_PARAMS = {**TRAIN_PARAMS, **RUN_ONLY_PARAMS}
@@ -112,7 +82,7 @@ def normalize(params: Mapping[str, Any], defaults: Mapping[str, Any] = None) -> 
         try:
             out[name] = typ(value)
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"parameter {name}={value!r}: {e} (expected {typ.__name__.strip('_')})") \
+            raise ConfigError(f"parameter {name}={value!r}: {e} (expected {typ.__name__.replace('parse_', '')})") \
                 from None
     _check_names(out)
     if out["augment"] not in ("auto", "true", "false"):

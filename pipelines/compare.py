@@ -17,7 +17,6 @@ import csv
 import io
 import math
 import os
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cells import AXES, TRAIN_PARAMS  # noqa: E402
+from cells import ALL_PARAMS, AXES  # noqa: E402
+from params import declared, log_launch, log_resolved, parse_bool, read_params  # noqa: E402
 
 TAG = "cna_tf."
 METRICS = ("cna_area", "cna_margin", "l2", "l2_path", "spectral", "bound_2018", "margin",
@@ -42,25 +42,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     "latest grid run of the experiment)")
     ap.add_argument("--experiment", default="", help="experiment name (default: the grid's; "
                     "with neither, cna_tf-demo)")
-    ap.add_argument("--all_runs", default="false",
+    ap.add_argument("--all_runs", type=parse_bool, default=False,
                     help="true: every finished train run of the experiment, not one grid's")
     return ap.parse_args(argv)
 
 
-def _typed(params: Dict[str, str]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for k, v in params.items():
-        if v.startswith("'"):  # `mlflow run` records shell-quoted values
-            try:
-                v = shlex.split(v)[0] if shlex.split(v) else ""
-            except ValueError:
-                pass
-        typ = TRAIN_PARAMS.get(k, (str,))[0]
-        try:
-            out[k] = typ(v)
-        except (TypeError, ValueError):
-            out[k] = v
-    return out
+def run_params(run) -> Dict[str, Any]:
+    """A train run's parameters, typed: the values its step resolved, else the declared ones."""
+    return read_params(run.data.params, {k: v[0] for k, v in ALL_PARAMS.items()})
 
 
 def instances_of_run(client, run) -> List[Dict[str, Any]]:
@@ -74,7 +63,7 @@ def instances_of_run(client, run) -> List[Dict[str, Any]]:
     steps = sorted(history.get("gen_gap", {}))
     if run.data.tags.get(TAG + "final_only") == "true" and steps:
         steps = steps[-1:]
-    base = _typed(run.data.params)
+    base = run_params(run)
     base.update(run_id=run.info.run_id, cell_key=run.data.tags.get(TAG + "cell_key", ""))
     out = []
     for step in steps:
@@ -172,7 +161,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         if exp is None:
             sys.exit("no experiment given and no cna_tf-demo experiment: run the grid first or "
                      "pass --experiment / --grid_run_id")
-    all_runs = str(args.all_runs).lower() in ("1", "true", "yes")
+    all_runs = args.all_runs
     if not grid_id and not all_runs:
         grids = client.search_runs([exp.experiment_id], f"tags.`{TAG}role` = 'grid'",
                                    order_by=["attributes.start_time DESC"], max_results=1)
@@ -180,6 +169,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
             sys.exit(f"no grid run in experiment {exp.name!r}: pass --all_runs true to compare "
                      "every train run")
         grid_id = grids[0].info.run_id
+    grid_name = client.get_run(grid_id).data.tags.get(TAG + "config", "") if grid_id else ""
     runs = find_runs(client, [exp.experiment_id], "" if all_runs else grid_id)
     instances = [i for run in runs for i in instances_of_run(client, run)]
     if len(instances) < 3:
@@ -189,10 +179,18 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     tables = "\n\n".join(markdown(rows, t) for t in TARGETS + ("test_acc",))
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run already exists
         mlflow.set_experiment(experiment_id=exp.experiment_id)
-    with mlflow.start_run(run_name="compare") as run:
-        mlflow.set_tags({TAG + "role": "compare", TAG + "grid_run_id": grid_id or ""})
-        mlflow.log_params({"grid_run_id": grid_id or "all", "runs": len(runs),
-                           "instances": len(instances)})
+    with mlflow.start_run() as run:
+        scope = f"grid {grid_id}" if grid_id else f"all train runs of {exp.name}"
+        mlflow.set_tags({TAG + "role": "compare", TAG + "grid_run_id": grid_id or "",
+                         "mlflow.runName": "compare" + (f"-{grid_name}" if grid_name else ""),
+                         # the run page's Description
+                         "mlflow.note.content": f"Metrics ranked by their correlation with the "
+                                                f"generalization gap over {len(instances)} "
+                                                f"network instances ({len(runs)} runs, "
+                                                f"{scope}).\n\n{tables}\n"})
+        log_launch("compare", {k: getattr(args, k) for k in declared("compare")})
+        log_resolved({"grid_run_id": grid_id or "all", "experiment": exp.name})
+        mlflow.log_metrics({"runs": len(runs), "instances": len(instances)})
         mlflow.log_text(to_csv(rows), "compare/correlations.csv")
         mlflow.log_text(tables + "\n", "compare/correlations.md")
         mlflow.log_text(to_csv(instances), "compare/instances.csv")

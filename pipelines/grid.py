@@ -37,7 +37,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backup import has_backup  # noqa: E402
 from cells import cell_key, cli_args, load_config  # noqa: E402
+from params import declared, log_launch, log_resolved, parse_float, parse_int  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 TRAIN = Path(__file__).resolve().parent / "train.py"
@@ -48,7 +50,7 @@ BACKENDS = ("local", "kubernetes", "ray")
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="demo", help="demo, paper, or a YAML path")
-    ap.add_argument("--workers", type=lambda v: int(float(v)), default=2,
+    ap.add_argument("--workers", type=parse_int, default=2,
                     help="cells trained at once (local; ray with a local runtime: its CPUs are "
                     "workers x ray_cpus_per_cell)")
     ap.add_argument("--backend", default="local", help="local, ray or kubernetes")
@@ -59,13 +61,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     "cna_tf-<config>)")
     ap.add_argument("--backup_root", default="",
                     help="where cells keep resume state (default .cna_backup)")
-    ap.add_argument("--max_cells", type=lambda v: int(float(v)), default=0, help="only the first N cells (0: all)")
+    ap.add_argument("--max_cells", type=parse_int, default=0, help="only the first N cells (0: all)")
     ap.add_argument("--ray_address", default="",
                     help="ray: empty starts a local Ray runtime; 'auto' or 'ray://host:10001' "
                     "(or host:6379 on a cluster node) joins a cluster")
-    ap.add_argument("--ray_cpus_per_cell", type=float, default=1.0, help="ray: CPUs per cell task")
-    ap.add_argument("--ray_gpus_per_cell", type=float, default=0.0, help="ray: GPUs per cell task")
-    ap.add_argument("--ray_max_retries", type=lambda v: int(float(v)), default=3,
+    ap.add_argument("--ray_cpus_per_cell", type=parse_float, default=1.0, help="ray: CPUs per cell task")
+    ap.add_argument("--ray_gpus_per_cell", type=parse_float, default=0.0, help="ray: GPUs per cell task")
+    ap.add_argument("--ray_max_retries", type=parse_int, default=3,
                     help="ray: times Ray retries a cell whose worker process or node died (a "
                     "training failure, i.e. train.py exiting non-zero, is never retried)")
     return ap.parse_args(argv)
@@ -100,7 +102,8 @@ def _hms(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _label(p: Dict[str, Any]) -> str:
+def label(p: Dict[str, Any]) -> str:
+    """A cell as the progress lines and the MLflow UI (its run name) show it."""
     extra = f" shuffle={p['label_shuffle']:g}" if p["label_shuffle"] else ""
     depth = f" depth={p['depth']}" if p["arch"] == "mlp" else ""
     return (f"{p['arch']}/{p['dataset']} w={p['width']:g}{depth} ep={p['epochs']} "
@@ -262,6 +265,8 @@ class Grid:
                                                        ).experiment_id
         self.tracking_uri = mlflow.get_tracking_uri()
         self.parent_id: Optional[str] = None
+        #: the grid step's declared parameters as given (logged when `mlflow run` did not)
+        self.launch: Dict[str, Any] = {}
 
     # -- runs ---------------------------------------------------------------------------------
     def open_parent(self) -> str:
@@ -282,18 +287,21 @@ class Grid:
             run = mlflow.start_run(run_id=found[0].info.run_id)
             print(f"resuming grid run {run.info.run_id} ({self.name}, {len(self.cells)} cells)")
         else:
-            run = mlflow.start_run(run_id=own, run_name=None if own else f"grid-{self.name}")
-            mlflow.set_tags({TAG + "grid_key": gk, TAG + "role": "grid", TAG + "config": self.name})
-            params = {"config": self.name, "cells": len(self.cells), "backend": self.backend}
+            run = mlflow.start_run(run_id=own)
+            mlflow.set_tags({TAG + "grid_key": gk, TAG + "role": "grid", TAG + "config": self.name,
+                             "mlflow.runName": f"grid-{self.name}"})
+            resolved = {"config": self.name, "cells": len(self.cells),
+                        "experiment": self.client.get_experiment(self.experiment_id).name}
             if self.backend == "ray":
-                params.update(ray_address=self.ray_address or "local",
-                              ray_cpus_per_cell=self.ray_cpus, ray_gpus_per_cell=self.ray_gpus,
-                              ray_max_retries=self.ray_max_retries)
-            mlflow.log_params(params)
+                resolved["ray_address"] = self.ray_address or "local"
+            if self.launch:  # run as a plain script: what `mlflow run` would have logged
+                log_launch("grid", self.launch)
+            log_resolved(resolved)
             print(f"grid run {run.info.run_id} ({self.name}, {len(self.cells)} cells)")
         self.parent_id = run.info.run_id
         mlflow.set_tag(TAG + "grid_run_id", self.parent_id)
         if own and own != self.parent_id:
+            self.client.set_tag(own, "mlflow.runName", f"grid-{self.name} (attempt)")
             self.client.set_tag(own, TAG + "role", "grid-attempt")
             self.client.set_tag(own, TAG + "grid_run_id", self.parent_id)
         return self.parent_id
@@ -330,26 +338,25 @@ class Grid:
                     self.client.set_terminated(r.info.run_id, "KILLED")
                     self.client.set_tag(r.info.run_id, TAG + "failure",
                                         "killed: the grid stopped while this cell was running")
-                if resume is None and self._has_backup(key):
+                if resume is None and has_backup(self.backup_root / key, r.info.run_id):
                     resume = r.info.run_id
                 else:
                     self.client.delete_run(r.info.run_id)
             todo.append((p, resume))
         return todo, done
 
-    def _has_backup(self, key: str) -> bool:
-        return (self.backup_root / key / "training_metadata.json").exists()
-
     # -- cells --------------------------------------------------------------------------------
     def open_cell(self, p: Dict[str, Any], resume: Optional[str], status: str = "RUNNING") -> str:
         """The cell's child run, created here (the driver) once, or the one to resume."""
         key = cell_key(p)
         if resume is None:
-            run = self.client.create_run(self.experiment_id, run_name=f"{p['arch']}-{key[:8]}",
+            run = self.client.create_run(self.experiment_id, run_name=label(p),
                                          tags={"mlflow.parentRunId": self.parent_id,
                                                TAG + "cell_key": key, TAG + "role": "train",
                                                "arch": p["arch"], "dataset": p["dataset"]})
             run_id = run.info.run_id
+            # the params `mlflow run . -e train -P ...` would log for this cell
+            log_launch("train", p, run_id, self.client)
             if status != "RUNNING":
                 self.client.update_run(run_id, status=status)
         else:
@@ -458,8 +465,8 @@ class Grid:
                 except Exception as e:  # noqa: BLE001 - one cell's error must not stop the grid
                     run_id, status, seconds = "-", f"ERROR {type(e).__name__}: {e}", 0.0
                 if status != "FINISHED":
-                    failed.append(f"{_label(p)} ({run_id}): {status}")
-                progress.finished(_label(p), status.split()[0], seconds)
+                    failed.append(f"{label(p)} ({run_id}): {status}")
+                progress.finished(label(p), status.split()[0], seconds)
         return failed
 
     def _ray_connect(self, workers: int):
@@ -537,8 +544,8 @@ class Grid:
                 except Exception as e:  # noqa: BLE001 - one cell's error must not stop the grid
                     status = f"ERROR {type(e).__name__}: {e}"
                 if status != "FINISHED":
-                    failed.append(f"{_label(p)} ({run_id}): {status}")
-                progress.finished(_label(p), status.split()[0], seconds)
+                    failed.append(f"{label(p)} ({run_id}): {status}")
+                progress.finished(label(p), status.split()[0], seconds)
         return failed
 
     def _timed(self, p, resume):
@@ -559,6 +566,7 @@ def main(argv: Optional[List[str]] = None) -> str:
                 args.backend, args.backend_config, ray_address=args.ray_address,
                 ray_cpus_per_cell=args.ray_cpus_per_cell,
                 ray_gpus_per_cell=args.ray_gpus_per_cell, ray_max_retries=args.ray_max_retries)
+    grid.launch = {k: getattr(args, k) for k in declared("grid")}
     t0 = time.time()
     try:
         counts = grid.run(args.workers)

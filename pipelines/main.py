@@ -5,20 +5,27 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from params import PROJECT_DIR, declared, log_launch, parse_float, parse_int  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="demo")
-    ap.add_argument("--workers", type=lambda v: int(float(v)), default=2)
+    ap.add_argument("--workers", type=parse_int, default=2)
     ap.add_argument("--backend", default="local")
     ap.add_argument("--backend_config", default="")
     # Passed through to the grid step (backend=ray), see pipelines/grid.py.
     ap.add_argument("--ray_address", default="")
-    ap.add_argument("--ray_cpus_per_cell", type=float, default=1.0)
-    ap.add_argument("--ray_gpus_per_cell", type=float, default=0.0)
-    ap.add_argument("--ray_max_retries", type=lambda v: int(float(v)), default=3)
+    ap.add_argument("--ray_cpus_per_cell", type=parse_float, default=1.0)
+    ap.add_argument("--ray_gpus_per_cell", type=parse_float, default=0.0)
+    ap.add_argument("--ray_max_retries", type=parse_int, default=3)
+    ap.add_argument("--max_cells", type=parse_int, default=0)
     return ap.parse_args(argv)
 
 
@@ -28,7 +35,7 @@ def grid_parameters(args: argparse.Namespace) -> dict:
             "backend_config": args.backend_config, "ray_address": args.ray_address,
             "ray_cpus_per_cell": args.ray_cpus_per_cell,
             "ray_gpus_per_cell": args.ray_gpus_per_cell,
-            "ray_max_retries": args.ray_max_retries}
+            "ray_max_retries": args.ray_max_retries, "max_cells": args.max_cells}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -37,13 +44,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     client = mlflow.MlflowClient()
     with mlflow.start_run() as run:
+        log_launch("main", {k: getattr(args, k) for k in declared("main")})
         experiment_id = run.info.experiment_id
         grid = mlflow.projects.run(
-            ".", entry_point="grid", env_manager="local", experiment_id=experiment_id,
+            str(PROJECT_DIR), entry_point="grid", env_manager="local", experiment_id=experiment_id,
             parameters=grid_parameters(args))
         grid_run_id = client.get_run(grid.run_id).data.tags["cna_tf.grid_run_id"]
         mlflow.set_tag("cna_tf.grid_run_id", grid_run_id)
-        compare = mlflow.projects.run(".", entry_point="compare", env_manager="local",
+        compare = mlflow.projects.run(str(PROJECT_DIR), entry_point="compare", env_manager="local",
                                       experiment_id=experiment_id,
                                       parameters={"grid_run_id": grid_run_id})
         mlflow.set_tag("cna_tf.compare_run_id", compare.run_id)

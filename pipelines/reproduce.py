@@ -38,7 +38,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cells import _bool, cell_key, normalize  # noqa: E402
+from cells import cell_key, normalize  # noqa: E402
+from params import declared, log_launch, log_resolved, parse_bool, parse_int  # noqa: E402
 
 TAG = "cna_tf."
 EXPERIMENT = "cna_tf-reproduce"
@@ -59,18 +60,17 @@ RUN_FIGURES = (("fig1", "figures/fig1_depth_profile.png"),
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    num = lambda v: int(float(v))  # noqa: E731  (MLproject passes floats as "3.0")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="mnist5k,digits", help="comma-separated dataset names")
-    ap.add_argument("--seeds", type=num, default=3, help="seeds 0..N-1 per dataset")
-    ap.add_argument("--epochs", type=num, default=20, help="training epochs")
+    ap.add_argument("--seeds", type=parse_int, default=3, help="seeds 0..N-1 per dataset")
+    ap.add_argument("--epochs", type=parse_int, default=20, help="training epochs")
     ap.add_argument("--width", type=float, default=1.0, help="MLP width (1: 500 units, paper)")
-    ap.add_argument("--batch_size", type=num, default=64)
+    ap.add_argument("--batch_size", type=parse_int, default=64)
     ap.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (paper MLP: 0.05)")
-    ap.add_argument("--snapshot_every", type=num, default=1,
+    ap.add_argument("--snapshot_every", type=parse_int, default=1,
                     help="epochs between full snapshots (network instances, Fig-6 points)")
-    ap.add_argument("--n_train", type=num, default=0, help="training subsample (0: all)")
-    ap.add_argument("--n_test", type=num, default=0, help="test subsample (0: all)")
+    ap.add_argument("--n_train", type=parse_int, default=0, help="training subsample (0: all)")
+    ap.add_argument("--n_test", type=parse_int, default=0, help="test subsample (0: all)")
     ap.add_argument("--trajectory", default="true",
                     help="record the first seed's weight trajectory for Fig 5")
     ap.add_argument("--quick", default="false",
@@ -90,7 +90,7 @@ def protocol(args: argparse.Namespace) -> Tuple[Dict[str, Any], List[Dict[str, A
                               "batch_size": args.batch_size,
                               "snapshot_every": args.snapshot_every,
                               "n_train": args.n_train, "n_test": args.n_test}
-    if _bool(args.quick):
+    if parse_bool(args.quick):
         common.update(QUICK)
     datasets = [d.strip() for d in str(args.datasets).split(",") if d.strip()]
     if not datasets:
@@ -98,7 +98,7 @@ def protocol(args: argparse.Namespace) -> Tuple[Dict[str, Any], List[Dict[str, A
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
     cells = [normalize(dict(common, dataset=d, seed=s,
-                            trajectory=_bool(args.trajectory) and s == 0))
+                            trajectory=parse_bool(args.trajectory) and s == 0))
              for d in datasets for s in range(args.seeds)]
     return common, cells
 
@@ -247,23 +247,23 @@ def analyze(client, parent_id: str, experiment_id: str, workdir: str,
     ``order``: the datasets' order in the report (others follow, by name).
     """
     import compare as compare_step
-    from compare import _typed
+    from compare import run_params
 
     runs = client.search_runs(
         [experiment_id], f"tags.mlflow.parentRunId = '{parent_id}' and "
         f"tags.`{TAG}role` = 'train' and attributes.status = 'FINISHED'", max_results=10_000)
     by_ds: Dict[str, List[Any]] = {}
     for r in runs:
-        by_ds.setdefault(_typed(r.data.params)["dataset"], []).append(r)
+        by_ds.setdefault(run_params(r)["dataset"], []).append(r)
     result: Dict[str, Any] = {"datasets": {}, "instances": 0}
     all_instances: List[Dict[str, Any]] = []
     names = [d for d in order if d in by_ds] + sorted(d for d in by_ds if d not in order)
     for ds in names:
         ds_runs = by_ds[ds]
-        ds_runs.sort(key=lambda r: _typed(r.data.params)["seed"])
+        ds_runs.sort(key=lambda r: run_params(r)["seed"])
         summaries, per_run_q = [], {}
         for r in ds_runs:
-            seed = _typed(r.data.params)["seed"]
+            seed = run_params(r)["seed"]
             summaries.append(dict(run_summary(client, r), seed=seed))
             rows = quintile_rows(client, r.info.run_id, tempfile.mkdtemp(dir=workdir))
             if rows:
@@ -624,13 +624,14 @@ def rewrite_report(run_id: str) -> Dict[str, Any]:
     """Rewrites report.md (and its figures, report.json) of an earlier reproduce run."""
     import mlflow
 
-    from compare import _typed
+    from compare import run_params
+    from params import read_params
 
     client = mlflow.MlflowClient()
     parent = client.get_run(run_id)
     if parent.data.tags.get(TAG + "role") != "reproduce":
         raise SystemExit(f"run {run_id} is not a reproduce run (tag {TAG}role)")
-    params = _typed(parent.data.params)
+    params = read_params(parent.data.params)
     argv = [x for k in ("datasets", "seeds", "epochs", "width", "batch_size", "lr",
                         "snapshot_every", "n_train", "n_test", "trajectory", "quick")
             if k in params for x in (f"--{k}", str(params[k]))]
@@ -640,7 +641,7 @@ def rewrite_report(run_id: str) -> Dict[str, Any]:
                               f"tags.`{TAG}role` = 'train'", max_results=10_000)
     runs = []
     for k in sorted(kids, key=lambda r: r.info.start_time):
-        kp = _typed(k.data.params)
+        kp = run_params(k)
         runs.append({"dataset": kp.get("dataset"), "seed": kp.get("seed"),
                      "run_id": k.info.run_id, "status": k.info.status,
                      "error": k.data.tags.get(TAG + "failure", ""),
@@ -669,14 +670,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     try:
         with mlflow.start_run(run_id=own, run_name=None if own else "reproduce") as run:
             mlflow.set_tags({TAG + "role": "reproduce"})
-            logged = client.get_run(run.info.run_id).data.params
-            mlflow.log_params({k: v for k, v in {
-                "datasets": ",".join(dict.fromkeys(c["dataset"] for c in cells)),
-                "seeds": args.seeds, "epochs": common["epochs"], "width": common["width"],
-                "batch_size": common["batch_size"], "lr": common["lr"],
-                "snapshot_every": common["snapshot_every"], "n_train": common["n_train"],
-                "n_test": common["n_test"], "trajectory": str(_bool(args.trajectory)).lower(),
-                "quick": str(_bool(args.quick)).lower()}.items() if k not in logged})
+            log_launch("reproduce", {k: getattr(args, k) for k in declared("reproduce")})
+            log_resolved(dict(common, datasets=",".join(dict.fromkeys(c["dataset"]
+                                                                     for c in cells))))
             runs = run_cells(cells, backup_root)
             seconds = time.time() - t0
             mlflow.log_metric("train_seconds_total", sum(r["seconds"] for r in runs))

@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import keras  # noqa: E402
 
+import backup as backup_store  # noqa: E402
 from cells import ALL_PARAMS, cell_key, normalize  # noqa: E402
+from params import log_launch, log_resolved  # noqa: E402
 
 BACKUP_ROOT = Path(os.environ.get("CNA_TF_BACKUP_DIR", ".cna_backup"))
 TAG = "cna_tf."
@@ -212,8 +214,12 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> D
 
     key = cell_key(p)
     backup = Path(backup_dir) if backup_dir else BACKUP_ROOT / key
-    backup.mkdir(parents=True, exist_ok=True)
-    resumed = (backup / "training_metadata.json").exists()
+    run_id = mlflow.active_run().info.run_id
+    foreign = backup_store.owner(backup)
+    resumed = backup_store.claim(backup, run_id)
+    if not resumed and foreign not in (None, run_id):
+        print(f"discarded the backup in {backup}: run {foreign} wrote it, this is run {run_id}",
+              flush=True)
 
     keras.utils.set_random_seed(p["seed"])
     options = json.loads(p["data_options"]) if p["data_options"] else {}
@@ -240,10 +246,8 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> D
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     mlflow.set_tags(tags)
-    # `mlflow run` has logged its own (shell-quoted) copy of the parameters; keep those
-    logged = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({k: str(v).lower() if isinstance(v, bool) else v for k, v in p.items()
-                       if k not in logged})
+    log_launch("train", p)  # when neither `mlflow run` nor the grid did
+    log_resolved(p)
 
     weights_file = backup / "initial_weights.npz"
     initial = _load_weights(weights_file) if resumed and weights_file.exists() else None

@@ -242,6 +242,7 @@ def assert_grid_complete(rec: Dict, n_cells: int = 4, epochs: int = 2) -> None:
     """Every cell FINISHED once, with every metric at every step exactly once, and its files."""
     sys.path.insert(0, str(ROOT / "pipelines"))
     import cells
+    from params import read_params
 
     parent = rec["parent"]
     assert parent.info.status == "FINISHED", parent.info.status
@@ -253,7 +254,7 @@ def assert_grid_complete(rec: Dict, n_cells: int = 4, epochs: int = 2) -> None:
         where = f"cell {key} (run {run.info.run_id})"
         assert run.info.status == "FINISHED", f"{where}: {run.info.status}, " \
             f"{run.data.tags.get('cna_tf.failure')}"
-        assert cells.cell_key(run.data.params) == key, where
+        assert cells.cell_key(read_params(run.data.params)) == key, where
         assert run.data.tags.get("cna_tf.snapshots") == "0,1,2", where
         steps = rec["steps"][key]
         # a lost or duplicated write shows up as a missing or repeated step

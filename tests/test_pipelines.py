@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "pipelines"))
 
 import cells  # noqa: E402
+import params as step_params  # noqa: E402
 from cna_tf import ranking  # noqa: E402
 
 
@@ -106,10 +107,15 @@ def test_mlproject_parameters_match_the_train_step():
     project = load_project(str(ROOT))
     assert {"main", "train", "grid", "compare"} <= set(project._entry_points)
     train = project.get_entry_point("train")
-    assert set(train.parameters) == set(cells.ALL_PARAMS) | {"cell_key", "parent_run_id"}
-    for name, (_, default, _) in cells.ALL_PARAMS.items():
-        declared = train.parameters[name].default
-        assert cells.normalize({name: declared})[name] == cells.normalize({})[name], name
+    assert set(train.parameters) == set(cells.ALL_PARAMS)
+    type_of = {step_params.parse_int: "int", step_params.parse_float: "float", step_params.parse_bool: "bool"}
+    for name, (parse, default, _) in cells.ALL_PARAMS.items():
+        declared = train.parameters[name]
+        assert declared.type == type_of.get(parse, "string"), name
+        # spelled as the grid spells a cell's value: a grid cell's params equal `-e train`'s
+        assert step_params.cli_value(declared.default) == step_params.cli_value(default), name
+    for ep in project._entry_points.values():  # MLflow accepts any type name: only ours here
+        assert {p.type for p in ep.parameters.values()} <= {"int", "float", "bool", "string"}
     # the command quotes a JSON value intact (MLflow shell-quotes every parameter)
     cmd = train.compute_command({"data_options": '{"shape": [8, 8, 1]}'}, storage_dir=None)
     assert "--data_options '{\"shape\": [8, 8, 1]}'" in cmd
@@ -265,7 +271,7 @@ def test_grid_trains_every_cell_as_a_child_run(tiny_grid):
     assert parent.data.metrics["cells_failed"] == 0
     finished = [r for r in kids if r.data.params["final_only"] == "false"]
     for r in finished:
-        tags, params = r.data.tags, r.data.params
+        tags, params = r.data.tags, step_params.read_params(r.data.params)
         assert tags["arch"] == "mlp" and tags["dataset"] == "digits"
         assert tags["cna_tf.cell_key"] == cells.cell_key(params)
         history = client.get_metric_history(r.info.run_id, "cna_test")

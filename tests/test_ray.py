@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "pipelines"))
 
 import cells  # noqa: E402
+from params import read_params  # noqa: E402
 
 TINY = ("defaults: {arch: mlp, dataset: digits, width: 0.05, depth: 2, batch_size: 64,"
         " n_train: 300, n_test: 150, max_samples: 200, snapshot_every: 2}\n")
@@ -238,7 +239,7 @@ def test_ray_worker_killed_mid_cell_is_retried_and_every_cell_recorded_once(ray_
     assert len(finished) == 4
     for r in finished:
         epochs = int(r.data.params["epochs"])
-        assert r.data.tags["cna_tf.cell_key"] == cells.cell_key(r.data.params)
+        assert r.data.tags["cna_tf.cell_key"] == cells.cell_key(read_params(r.data.params))
         assert r.data.tags["arch"] == "mlp" and r.data.tags["dataset"] == "digits"
         assert _steps(g.client, r.info.run_id, "cna_train") == list(range(epochs + 1))
         assert _steps(g.client, r.info.run_id, "cna_test") == list(range(epochs + 1))
