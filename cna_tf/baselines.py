@@ -60,21 +60,24 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
 from keras import ops
 
 from cna_tf.measures import CNAWarning
-from cna_tf.probe import _Plan  # the graph walk behind affine_layers / ActivationProbe
+from cna_tf.probe import graph_inputs, named_affine_layers, replay
 
 __all__ = ["compute", "l2", "spectral", "l2_path", "bound_2018", "l2_raw", "spectral_raw",
-           "l2_path_raw", "capture_initial_weights", "kernel_matrices", "KernelMatrix",
-           "BASELINE_KEYS"]
+           "l2_path_raw", "capture_initial_weights", "initial_kernels", "kernel_matrices",
+           "KernelMatrix", "BASELINE_KEYS"]
 
 BASELINE_KEYS: Tuple[str, ...] = ("l2", "spectral", "l2_path", "bound_2018", "l2_raw",
                                   "spectral_raw", "l2_path_raw")
+
+# What ``initial_weights`` may be (SPEC §6): capture_initial_weights' dict or get_weights()' list.
+InitialWeights = Optional[Union[Mapping[str, np.ndarray], Sequence[np.ndarray]]]
 
 # Above this size a single matrix's largest eigenvalue is taken with a partial eigensolver.
 _PARTIAL_EIGH_MIN = 512
@@ -235,16 +238,6 @@ class KernelMatrix:
         return _sigma_max(self.blocks)
 
 
-def _named_affine_layers(model: keras.Model) -> List[Tuple[str, keras.layers.Layer]]:
-    """(probe name, layer) of every call of every affine layer: the layers of
-    ``cna_tf.probe.affine_layers(model, include_output=True)`` with their names.
-
-    The names are those of ``ActivationProbe.layer_names``: ``outer/inner`` for nested models,
-    ``name@k`` for the k-th repeated call of a shared layer.
-    """
-    return [(p.name, p.layer) for p in _Plan(model, "pre").probes]
-
-
 def kernel_matrices(model: keras.Model) -> List[KernelMatrix]:
     """The matrices W_1..W_d of SPEC §2 in forward order, the classifier included.
 
@@ -259,7 +252,7 @@ def kernel_matrices(model: keras.Model) -> List[KernelMatrix]:
         cna_tf.UntraceableModelError: for a subclassed or unbuilt model (see `ActivationProbe`).
     """
     out: List[KernelMatrix] = []
-    for name, layer in _named_affine_layers(model):
+    for name, layer in named_affine_layers(model, include_output=True):
         groups = int(getattr(layer, "groups", 1) or 1)
         for role, kind, kernel in _layer_kernels(layer):
             key = f"{name}/{role}"
@@ -285,6 +278,75 @@ def capture_initial_weights(model: keras.Model) -> Dict[str, np.ndarray]:
         shape agrees.
     """
     return {m.key: m.kernel for m in kernel_matrices(model)}
+
+
+def _kernel_variable(layer, role: str):
+    """The variable behind a layer's kernel (``layer.kernel`` is the effective kernel, a tensor
+    when LoRA is enabled; its stored base variable is ``_kernel``)."""
+    if role == "kernel":
+        base = getattr(layer, "_kernel", None)
+        return base if isinstance(base, keras.Variable) else layer.kernel
+    return getattr(layer, role)
+
+
+def initial_kernels(model: keras.Model, initial_weights: InitialWeights
+                    ) -> Optional[Dict[str, np.ndarray]]:
+    """Initial weights in any accepted form -> the dict `capture_initial_weights` returns.
+
+    SPEC §6: ``initial_weights`` is either the dict ``capture_initial_weights(model)`` returns
+    or the list ``model.get_weights()`` returns before training (the Keras habit). A list is
+    matched by position and shape: against ``model.weights`` when it has one array per model
+    weight (``get_weights()``), or against the kernels in forward order when it has one array per
+    kernel matrix (``list(capture_initial_weights(model).values())``).
+
+    Args:
+        model: the model the weights belong to.
+        initial_weights: None, a dict (returned as it is) or a list/tuple of arrays.
+
+    Returns:
+        None for None, else a dict ``kernel key -> float64 kernel`` (a dict is returned as given;
+        its keys are matched when the measures are computed).
+
+    Raises:
+        ValueError: a list whose length or shapes do not match the model, naming the first
+            mismatch and the fix; any other type.
+    """
+    if initial_weights is None or isinstance(initial_weights, Mapping):
+        return initial_weights
+    if not isinstance(initial_weights, (list, tuple)):
+        raise ValueError(
+            "initial_weights must be the dict cna_tf.baselines.capture_initial_weights(model) "
+            "returns or the list model.get_weights() returns before training; got "
+            f"{type(initial_weights).__name__}")
+    arrays = [np.asarray(w) for w in initial_weights]
+    mats = kernel_matrices(model)
+    weights = model.weights
+    fix = ("pass model.get_weights() (or cna_tf.baselines.capture_initial_weights(model)) taken "
+           "from this model before training")
+    if len(arrays) == len(weights):
+        for i, (w, v) in enumerate(zip(arrays, weights)):
+            if tuple(w.shape) != tuple(v.shape):
+                raise ValueError(
+                    f"initial_weights[{i}] has shape {tuple(w.shape)} but the model's weight "
+                    f"{i} ('{v.path}') has shape {tuple(v.shape)}: the list does not come from "
+                    f"this model's get_weights(); {fix}")
+        position = {id(v): i for i, v in enumerate(weights)}
+        out: Dict[str, np.ndarray] = {}
+        for m in mats:
+            i = position.get(id(_kernel_variable(m.layer, m.role)))
+            if i is None:
+                raise ValueError(
+                    f"the kernel of '{m.key}' is not one of model.weights, so a list cannot be "
+                    "matched to it by position; pass "
+                    "cna_tf.baselines.capture_initial_weights(model) instead")
+            out[m.key] = arrays[i].astype(np.float64)
+        return out
+    if len(arrays) == len(mats) and all(tuple(w.shape) == m.kernel.shape
+                                        for w, m in zip(arrays, mats)):
+        return {m.key: w.astype(np.float64) for m, w in zip(mats, arrays)}
+    raise ValueError(
+        f"initial_weights is a list of {len(arrays)} arrays, but this model has "
+        f"{len(weights)} weights (model.get_weights()) and {len(mats)} kernel matrices; {fix}")
 
 
 # -- log-space helpers ------------------------------------------------------------------------
@@ -359,15 +421,14 @@ def _squared_copy(model: keras.Model) -> keras.Model:
 def _path_sum(model: keras.Model) -> float:
     """Σ of the classifier's affine outputs of the squared-weight copy on an all-ones input."""
     copy = _squared_copy(model)
-    plan = _Plan(copy, "pre")
     inputs = []
-    for t in plan.graph.inputs:
+    for t in graph_inputs(copy):
         shape = (1,) + tuple(t.shape[1:])
         if any(s is None for s in shape):
             raise ValueError(f"input '{t.name}' has an undefined dimension {tuple(t.shape)}; "
                              "an all-ones input needs a fixed input shape")
         inputs.append(ops.ones(shape, dtype=t.dtype))
-    values, _ = plan.run(inputs, training=False)
+    values, _ = replay(copy, inputs, mode="pre", training=False)
     z = np.asarray(_numpy(values[-1]), dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         return float(np.sum(z))
@@ -488,8 +549,7 @@ def l2_path(model: keras.Model, margin: float) -> float:
     return _normalized(_log_path(model), log_gamma)
 
 
-def bound_2018(model: keras.Model, margin: float,
-               initial_weights: Optional[Mapping[str, np.ndarray]],
+def bound_2018(model: keras.Model, margin: float, initial_weights: InitialWeights,
                train_size: Optional[int]) -> float:
     """Neyshabur et al. 2018 PAC-Bayes spectral bound (SPEC §2), without constants.
 
@@ -500,7 +560,8 @@ def bound_2018(model: keras.Model, margin: float,
     Args:
         model: the trained model.
         margin: the network margin gamma.
-        initial_weights: `capture_initial_weights` of this model before training.
+        initial_weights: `capture_initial_weights(model)` or ``model.get_weights()`` taken
+            before training (`initial_kernels`).
         train_size: training-set size m.
 
     Returns:
@@ -510,6 +571,7 @@ def bound_2018(model: keras.Model, margin: float,
     Raises:
         ValueError: ``initial_weights`` that do not match the model, or a bad ``train_size``.
     """
+    initial_weights = initial_kernels(model, initial_weights)
     log_gamma, reason = _log_gamma(margin)
     if reason:
         _warn(f"bound_2018 is NaN: {reason}")
@@ -518,8 +580,7 @@ def bound_2018(model: keras.Model, margin: float,
     return _exp(_log_bound(mats, log_sig, log_gamma, initial_weights, train_size))
 
 
-def compute(model: keras.Model, margin: float,
-            initial_weights: Optional[Mapping[str, np.ndarray]] = None,
+def compute(model: keras.Model, margin: float, initial_weights: InitialWeights = None,
             train_size: Optional[int] = None) -> Dict[str, float]:
     """All baselines of SPEC §2 for one network instance.
 
@@ -527,7 +588,9 @@ def compute(model: keras.Model, margin: float,
         model: a built Functional or Sequential Keras model (nested models allowed). It is not
             changed: the path norm runs on a squared-weight clone.
         margin: the network margin gamma_margin (SPEC §1, eq. 6), e.g. `cna_tf.margin`.
-        initial_weights: `capture_initial_weights(model)` taken before training; without it
+        initial_weights: the weights before training, as the dict
+            `capture_initial_weights(model)` returns or the list ``model.get_weights()``
+            returns (matched by position and shape, `initial_kernels`); without them
             ``bound_2018`` is NaN (with a `CNAWarning`), the other measures are unaffected.
         train_size: training-set size m of the bound; without it ``bound_2018`` is NaN.
 
@@ -541,6 +604,7 @@ def compute(model: keras.Model, margin: float,
         cna_tf.UntraceableModelError: a subclassed or unbuilt model.
         ValueError: ``initial_weights`` that do not match the model, or a bad ``train_size``.
     """
+    initial_weights = initial_kernels(model, initial_weights)
     log_gamma, reason = _log_gamma(margin)
     if reason:
         _warn(f"l2, spectral, l2_path and bound_2018 are NaN: {reason}")

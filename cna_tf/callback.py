@@ -10,18 +10,27 @@ import keras
 import numpy as np
 
 from cna_tf.complexity import alpha as compute_alpha, check_images
-from cna_tf.evaluation import add_baselines, measure_split, subsample, summarize
-from cna_tf.measures import CNAWarning, _labels, beta as compute_beta, cna, curves
+from cna_tf.evaluation import (add_baselines, gather_stream, is_stream, measure_split,
+                               measure_stream, scan_stream, subsample, summarize)
+from cna_tf.measures import CNAWarning, class_indices, beta as compute_beta, cna, curves
 from cna_tf.probe import ActivationProbe
 from cna_tf.tracking import Tracker, nan_reasons
 
-__all__ = ["CNACallback", "flat_weights"]
+__all__ = ["CNACallback", "Samples", "StreamSamples", "flat_weights"]
 
 LIGHT_KEYS = ("cna_train", "cna_test", "beta_train_mean", "beta_test_mean")
 
 
-class _Split:
-    """Raw images, labels and cached model inputs / alpha of one (sub)set."""
+class Samples:
+    """The samples a `CNACallback` measures, in memory: raw images, class indices, and the
+    model inputs and alpha (computed once, on first use).
+
+    Attributes:
+        raw: raw images (n, ...).
+        labels: class indices (n,).
+        inputs: model inputs (``preprocess(raw)``, or the given third element).
+        alpha: alpha of ``raw`` (n,).
+    """
 
     def __init__(self, raw, labels, inputs, preprocess, value_range, bins):
         self.raw, self.labels = raw, labels
@@ -41,16 +50,44 @@ class _Split:
             self._alpha = compute_alpha(self.raw, bins=self._bins, value_range=self._value_range)
         return self._alpha
 
-    def take(self, idx: np.ndarray) -> "_Split":
+    def take(self, idx: np.ndarray) -> "Samples":
+        """The samples at ``idx`` (cached inputs and alpha carried over)."""
         inputs = None if self._inputs is None else _index(self._inputs, idx)
-        sub = _Split(self.raw[idx], self.labels[idx], inputs, self._preprocess,
-                     self._value_range, self._bins)
+        sub = Samples(self.raw[idx], self.labels[idx], inputs, self._preprocess,
+                      self._value_range, self._bins)
         if self._alpha is not None:
             sub._alpha = self._alpha[idx]
         return sub
 
     def __len__(self) -> int:
         return len(self.raw)
+
+
+class StreamSamples:
+    """All samples of a stream, measured by reading the stream again, batch by batch.
+
+    Used for a stream's full snapshots with ``full_max_samples=None`` (and its per-epoch CNA
+    with ``max_samples=None``): nothing but alpha (n,) is kept between passes. Every pass checks
+    that the stream yields the same images in the same order (alpha per position).
+
+    Attributes:
+        stream: the stream.
+        alpha: alpha of every sample, in stream order (n,).
+    """
+
+    def __init__(self, stream, name: str, alpha: np.ndarray, preprocess, value_range, bins):
+        self.stream, self.name, self.alpha = stream, name, alpha
+        self._preprocess, self._value_range, self._bins = preprocess, value_range, bins
+
+    def measure(self, probe: ActivationProbe, batch_size: Optional[int]
+                ) -> Dict[str, np.ndarray]:
+        """`cna_tf.evaluation.measure_stream` over the stream (order checked against alpha)."""
+        return measure_stream(probe, self.stream, self.name, preprocess=self._preprocess,
+                              value_range=self._value_range, bins=self._bins,
+                              batch_size=batch_size, alpha_values=self.alpha)
+
+    def __len__(self) -> int:
+        return len(self.alpha)
 
 
 def _index(x, idx):
@@ -72,41 +109,40 @@ def flat_weights(model) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
-def _batched_layer_sums(probe: ActivationProbe, x, batch_size: Optional[int]) -> np.ndarray:
-    """``probe.layer_sums(x)`` for in-memory arrays, one ``predict_on_batch`` per batch.
-
-    The same compiled predict function on the same batches (identical values), without the
-    input pipeline ``model.predict`` builds on every call (~0.1 s with TensorFlow: the light path
-    runs every epoch, on 2 x 2,000 points, where that pipeline cost more than the forward pass).
-    """
-    n = len(keras.tree.flatten(x)[0])
-    size = int(batch_size or 256)
-    parts = [np.asarray(probe.sums_model.predict_on_batch(
-        keras.tree.map_structure(lambda a: a[i:i + size], x))) for i in range(0, n, size)]
-    return np.concatenate(parts)
+def _too_few(name: str, n: int) -> ValueError:
+    return ValueError(f"CNACallback {name} needs at least 2 samples (CNA is a correlation over "
+                      f"samples), got {n}; pass at least 2 images with their labels")
 
 
-def _unpack(data, name: str) -> Tuple[np.ndarray, np.ndarray, Any]:
+def _unpack(data, name: str) -> Tuple[np.ndarray, np.ndarray, Any, Optional[int]]:
+    """(raw images, class indices, model inputs or None, one-hot width or None) of arrays."""
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         raise ValueError(
-            f"{name} must be (raw_images, labels) or (raw_images, labels, model_inputs); "
-            f"got {type(data).__name__}. Alpha needs the raw images, so a tf.data.Dataset "
-            "cannot be passed here: give the arrays and a preprocess function.")
+            f"CNACallback {name} must be (raw_images, labels), (raw_images, labels, "
+            "model_inputs) or a re-iterable batched stream of (raw_images, labels) "
+            f"(tf.data.Dataset, keras.utils.PyDataset); got {type(data).__name__}"
+            + (f" of {len(data)} elements" if isinstance(data, (tuple, list)) else ""))
     raw, labels = np.asarray(data[0]), np.asarray(data[1])
-    if labels.ndim != 1 and not (labels.ndim == 2 and labels.shape[1] == 1):
-        raise ValueError(f"{name}: labels must be integer class indices of shape (n,), got shape "
-                         f"{labels.shape}; for one-hot labels pass labels.argmax(-1)")
-    labels = labels.reshape(-1)
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise ValueError(f"{name}: labels must be integer class indices, got "
-                             f"{labels.dtype} values such as {labels[:3]}")
-        labels = labels.astype(np.int64)
     if len(raw) != len(labels):
-        raise ValueError(f"{name}: {len(raw)} images but {len(labels)} labels")
+        raise ValueError(f"CNACallback {name}: {len(raw)} images but {len(labels)} labels")
+    width = int(labels.shape[1]) if labels.ndim == 2 and labels.shape[1] > 1 else None
+    try:
+        labels = class_indices(labels, n=len(raw))
+    except ValueError as e:
+        raise ValueError(f"CNACallback {name}: {e}") from None
     if len(raw) < 2:
-        raise ValueError(f"{name} needs at least 2 samples, got {len(raw)}")
-    return raw, labels, (data[2] if len(data) == 3 else None)
+        raise _too_few(name, len(raw))
+    inputs = data[2] if len(data) == 3 else None
+    if inputs is not None:
+        leaves = keras.tree.flatten(inputs)
+        sizes = sorted({len(a) for a in leaves})
+        if sizes != [len(raw)]:
+            raise ValueError(
+                f"CNACallback {name}: {len(raw)} raw images but model inputs of "
+                f"{', '.join(map(str, sizes))} samples; the third element must hold the model "
+                "inputs of the same images, in the same order (e.g. preprocess(raw_images)), or "
+                "drop it and pass preprocess=")
+    return raw, labels, inputs, width
 
 
 class CNACallback(keras.callbacks.Callback):
@@ -129,9 +165,14 @@ class CNACallback(keras.callbacks.Callback):
         ...           keras.callbacks.EarlyStopping(monitor="cna_test", mode="max")])
 
     Args:
-        train_data: ``(raw_images, labels)`` or ``(raw_images, labels, model_inputs)``.
+        train_data: ``(raw_images, labels)`` or ``(raw_images, labels, model_inputs)`` arrays,
+            or a re-iterable batched stream of ``(raw_images, labels)`` (``tf.data.Dataset``,
+            ``keras.utils.PyDataset``; see "Streams" below). Labels are integer class indices
+            (n,) or exact one-hot rows (n, classes), as ``keras.utils.to_categorical`` gives
+            (`cna_tf.measures.class_indices`).
         test_data: same, for the test set.
-        preprocess: maps raw images to model inputs (not needed with a third element).
+        preprocess: maps raw images to model inputs (not needed with a third element); applied
+            per batch to a stream.
         value_range: (low, high) of the raw pixel values (uint8 defaults to (0, 255)).
         every: epochs between CNA measurements (1 = every epoch).
         full_every: epochs between full snapshots (SPEC §3 "network instances"); the last
@@ -153,11 +194,27 @@ class CNACallback(keras.callbacks.Callback):
             trainable weights (`flat_weights`, float32) in ``trajectory``, for the paper's Fig. 5
             (`cna_tf.plots.trajectory_pca`). Costs 4 bytes x parameters per measured epoch
             (the MLP on digits at width 0.1: ~0.1 MB); meant for small models.
-        initial_weights: the run's initial weights W⁰ for ``bound_2018``
-            (`cna_tf.baselines.capture_initial_weights`), for a run resumed from a backup;
-            None captures them when training starts.
+        initial_weights: the run's initial weights W⁰ for ``bound_2018``, as the dict
+            `cna_tf.baselines.capture_initial_weights` returns or the list
+            ``model.get_weights()`` returns (matched by position and shape when training
+            starts), e.g. for a run resumed from a backup; None captures them when a fit starts
+            at epoch 0.
 
-    Resuming: with `keras.callbacks.BackupAndRestore` a restarted ``fit`` begins at a later
+    Streams: a stream is read once to count its n samples and compute their alpha, and once
+    more to keep the samples of the per-epoch subset (and of the full-snapshot subset when
+    ``full_max_samples`` is set) in memory: the subsets are the arrays' subsets, the first
+    ``max_samples`` of a seeded random order (`cna_tf.evaluation.subsample` of n with the same
+    seeds), so a stream and its arrays give the same history. With ``full_max_samples=None``
+    (default) each full snapshot reads the whole stream again, batch by batch; with
+    ``max_samples=None`` so does every per-epoch measurement. A stream must yield the same
+    samples in the same order on every pass (checked through alpha; no reshuffling).
+
+    Reuse and resuming: a fit that starts at epoch 0 starts fresh (``history``, ``snapshots``,
+    ``trajectory`` and captured initial weights are reset in ``on_train_begin``, as Keras' own
+    callbacks reset their state), so a callback reused for a second ``fit`` records what a new
+    one would. A fit that starts later (`keras.callbacks.BackupAndRestore` resuming in the same
+    process, or ``initial_epoch``) continues the previous fit's record and initial weights.
+    With `keras.callbacks.BackupAndRestore` a restarted ``fit`` begins at a later
     epoch; the initialization measurement (epoch 0) is then skipped, and ``initial_weights``
     should be the ones saved when the run first started. List `BackupAndRestore` *before* this
     callback: each epoch's backup is then written before its measurement is logged, and a fit
@@ -170,6 +227,9 @@ class CNACallback(keras.callbacks.Callback):
             every full snapshot (over the full-snapshot subsets; see ``snapshot_alpha``).
         snapshot_alpha: ``{"train": alpha, "test": alpha}`` of the samples behind ``snapshots``
             (same order), e.g. for the paper's Fig. 6 (`cna_tf.plots.error_by_alpha_quintile`).
+        snapshot_samples: ``{"train": samples, "test": samples}`` measured at full snapshots
+            (`Samples`; `StreamSamples` for a stream read in full).
+        epoch_samples: ``{"train": samples, "test": samples}`` behind the per-epoch CNA.
         trajectory: ``{epoch: flat weight vector}`` when ``record_trajectory`` is on.
     """
 
@@ -185,23 +245,38 @@ class CNACallback(keras.callbacks.Callback):
                  record_trajectory: bool = False):
         super().__init__()
         if int(every) < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+            raise ValueError(f"every must be an integer >= 1 (epochs between CNA measurements; "
+                             f"1 = every epoch), got {every}")
         if int(full_every) < 0:
-            raise ValueError(f"full_every must be >= 0 (0 disables), got {full_every}")
+            raise ValueError(f"full_every must be >= 0 (epochs between full snapshots; 0 "
+                             f"disables the periodic ones), got {full_every}")
         for name, v in (("max_samples", max_samples), ("full_max_samples", full_max_samples)):
             if v is not None and int(v) < 2:
-                raise ValueError(f"{name} must be >= 2 or None, got {v}")
+                raise ValueError(f"{name} must be an integer >= 2 (CNA correlates at least 2 "
+                                 f"samples) or None for all samples, got {v}")
         if method not in ("pearson", "spearman", "kendall"):
-            raise ValueError(f"method must be 'pearson', 'spearman' or 'kendall', got {method!r}")
-        raw_tr, y_tr, in_tr = _unpack(train_data, "train_data")
-        raw_te, y_te, in_te = _unpack(test_data, "test_data")
-        self.train = _Split(raw_tr, y_tr, in_tr, preprocess, value_range, bins)
-        self.test = _Split(raw_te, y_te, in_te, preprocess, value_range, bins)
-        for what, raw in (("train_data", raw_tr), ("test_data", raw_te)):
+            raise ValueError(f"method (the correlation of CNA) must be 'pearson', 'spearman' or "
+                             f"'kendall', got {method!r}")
+        self._label_width: Dict[str, Optional[int]] = {}
+        self._sizes: Dict[str, int] = {}
+        splits = {}
+        for tag, name, data, offset in (("train", "train_data", train_data, 0),
+                                        ("test", "test_data", test_data, 1)):
+            if is_stream(data):
+                splits[tag] = self._stream_subsets(data, name, preprocess, value_range, bins,
+                                                   max_samples, full_max_samples, seed, offset)
+                continue
+            raw, y, inputs, self._label_width[name] = _unpack(data, name)
             try:  # fail now, not epochs into training
                 check_images(raw, value_range)
             except ValueError as e:
-                raise ValueError(f"CNACallback {what}: {e}") from None
+                raise ValueError(f"CNACallback {name}: {e}") from None
+            whole = Samples(raw, y, inputs, preprocess, value_range, bins)
+            self._sizes[tag] = len(whole)
+            splits[tag] = (whole.take(subsample(len(whole), max_samples, seed + offset)),
+                           whole.take(subsample(len(whole), full_max_samples, seed + 2 + offset)))
+        (self._sub_train, self._full_train), (self._sub_test, self._full_test) = \
+            splits["train"], splits["test"]
         self.every, self.full_every = int(every), int(full_every)
         self.max_samples, self.full_max_samples = max_samples, full_max_samples
         self.bins, self.method, self.window, self.points = bins, method, window, points
@@ -218,44 +293,92 @@ class CNACallback(keras.callbacks.Callback):
         self.record_trajectory = bool(record_trajectory)
         self.trajectory: Dict[int, np.ndarray] = {}
         self.probe: Optional[ActivationProbe] = None
+        self._given_initial_weights = initial_weights
         self.initial_weights = initial_weights
         self._last_details = None
         self._last_full_epoch: Optional[int] = None
         self._epoch = 0
         self._started = False
         self._reasons: List[str] = []
+        self._previous: Optional[Dict[str, Any]] = None
         self._tracker: Optional[Tracker] = None
-        idx_tr = subsample(len(self.train), max_samples, seed)
-        idx_te = subsample(len(self.test), max_samples, seed + 1)
-        self._sub_train, self._sub_test = self.train.take(idx_tr), self.test.take(idx_te)
-        self._full_train = self.train.take(subsample(len(self.train), full_max_samples, seed + 2))
-        self._full_test = self.test.take(subsample(len(self.test), full_max_samples, seed + 3))
+
+    def _stream_subsets(self, data, name, preprocess, value_range, bins, max_samples,
+                        full_max_samples, seed, offset):
+        """(per-epoch samples, full-snapshot samples) of a stream: see "Streams" above."""
+        try:
+            n, alpha = scan_stream(data, name, value_range=value_range, bins=bins)
+        except ValueError as e:
+            raise ValueError(f"CNACallback {e}") from None
+        if n < 2:
+            raise _too_few(name, n)
+        self._label_width[name] = None
+        self._sizes["train" if offset == 0 else "test"] = n
+        streamed = StreamSamples(data, name, alpha, preprocess, value_range, bins)
+        wanted = {"sub": None if max_samples is None else subsample(n, max_samples, seed + offset),
+                  "full": None if full_max_samples is None
+                  else subsample(n, full_max_samples, seed + 2 + offset)}
+        kept = [i for i in wanted.values() if i is not None and len(i) < n]
+        if not kept:
+            return streamed, streamed
+        union = np.unique(np.concatenate(kept))
+        try:
+            raw, y = gather_stream(data, name, union, n, alpha_values=alpha,
+                                   value_range=value_range, bins=bins)
+        except ValueError as e:
+            raise ValueError(f"CNACallback {e}") from None
+        whole = Samples(raw, y, None, preprocess, value_range, bins)
+        whole._alpha = alpha[union]
+        out = []
+        for idx in (wanted["sub"], wanted["full"]):
+            out.append(streamed if idx is None or len(idx) == n
+                       else whole.take(np.searchsorted(union, idx)))
+        return tuple(out)
 
     @property
     def snapshot_alpha(self) -> Dict[str, np.ndarray]:
         """alpha of the full-snapshot samples, aligned with ``snapshots[epoch][split]``."""
         return {"train": self._full_train.alpha, "test": self._full_test.alpha}
 
+    @property
+    def snapshot_samples(self) -> Dict[str, Any]:
+        """The samples of each split measured at full snapshots (aligned with ``snapshots``):
+        `Samples` (``raw``, ``labels``, ``inputs``, ``alpha``), or `StreamSamples` for a stream
+        read in full."""
+        return {"train": self._full_train, "test": self._full_test}
+
+    @property
+    def epoch_samples(self) -> Dict[str, Any]:
+        """The samples of each split behind the per-epoch CNA (``cna_train``/``cna_test``)."""
+        return {"train": self._sub_train, "test": self._sub_test}
+
     # -- measurements -------------------------------------------------------------------------
     def _light(self) -> Dict[str, float]:
         m: Dict[str, float] = {}
         for tag, split in (("train", self._sub_train), ("test", self._sub_test)):
-            sums = _batched_layer_sums(self.probe, split.inputs, self.batch_size)
-            b = compute_beta(sums)
+            if isinstance(split, StreamSamples):
+                b = split.measure(self.probe, self.batch_size)["beta"]
+            else:
+                b = compute_beta(self.probe.layer_sums_in_memory(split.inputs, self.batch_size))
             m[f"cna_{tag}"] = cna(split.alpha, b, method=self.method)
             m[f"beta_{tag}_mean"] = float(np.mean(b))
         return m
 
+    def _measure_full(self, split) -> Dict[str, np.ndarray]:
+        if isinstance(split, StreamSamples):
+            return split.measure(self.probe, self.batch_size)
+        return measure_split(self.probe, split.raw, split.labels, inputs=split.inputs,
+                             alpha_values=split.alpha, batch_size=self.batch_size)
+
     def _full(self) -> Dict[str, float]:
-        details = {tag: measure_split(self.probe, split.raw, split.labels, inputs=split.inputs,
-                                      alpha_values=split.alpha, batch_size=self.batch_size)
+        details = {tag: self._measure_full(split)
                    for tag, split in (("train", self._full_train), ("test", self._full_test))}
         m = summarize(details["train"], details["test"], method=self.method, window=self.window,
                       points=self.points, percentile=self.percentile)
         for key in ("cna_train", "cna_test", "beta_train_mean", "beta_test_mean"):
             m.pop(key, None)  # the per-epoch series always come from the fixed subset
         if self.baselines:
-            add_baselines(m, self.model, self.initial_weights, len(self.train))
+            add_baselines(m, self.model, self.initial_weights, self._sizes["train"])
         self._last_details = details
         return m
 
@@ -290,16 +413,41 @@ class CNACallback(keras.callbacks.Callback):
 
     # -- Keras hooks --------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        from cna_tf import baselines
         self.probe = ActivationProbe(self.model, **self.probe_kwargs)
         units = self.model.outputs[0].shape[-1] if getattr(self.model, "outputs", None) else None
-        for name, split in (("train_data", self.train), ("test_data", self.test)):
-            if units:
-                try:  # the check margins() would make at the first full snapshot, made now
-                    _labels(split.labels, len(split.labels), units)
-                except ValueError as e:
+        if units:  # the checks margins() would make at the first full snapshot, made now
+            for name, tag in (("train_data", "train"), ("test_data", "test")):
+                width = self._label_width.get(name)
+                if width is not None and width != units:
                     raise ValueError(
-                        f"CNACallback {name}: {e}. Pass integer class indices (not one-hot), "
-                        "matching the model's classifier.") from None
+                        f"CNACallback {name}: one-hot labels have {width} columns but the "
+                        f"model has {units} outputs; pass one column per class "
+                        f"(keras.utils.to_categorical(y, {units})) or integer class indices")
+                for split in {id(s): s for s in (getattr(self, f"_sub_{tag}"),
+                                                 getattr(self, f"_full_{tag}"))}.values():
+                    if isinstance(split, StreamSamples):
+                        continue  # checked batch by batch at the first measurement
+                    try:
+                        class_indices(split.labels, len(split.labels), units)
+                    except ValueError as e:
+                        raise ValueError(
+                            f"CNACallback {name}: {e}. Pass labels that match the model's "
+                            f"classifier ({units} classes).") from None
+        try:
+            given = baselines.initial_kernels(self.model, self._given_initial_weights)
+        except ValueError as e:
+            raise ValueError(f"CNACallback: {e}") from None
+        # A fresh record, as Keras' own callbacks reset in on_train_begin; the previous fit's is
+        # kept aside until _start knows whether this fit continues it (a later first epoch).
+        self._previous = {"history": self.history, "snapshots": self.snapshots,
+                          "trajectory": self.trajectory, "initial_weights": self.initial_weights,
+                          "last_details": self._last_details,
+                          "last_full_epoch": self._last_full_epoch,
+                          "reasons": self._reasons} if self.history else None
+        self.history, self.snapshots, self.trajectory = {}, {}, {}
+        self._last_details, self._last_full_epoch, self._reasons = None, None, []
+        self.initial_weights = given
         self._tracker = Tracker(self.mlflow, run_name=f"{self.model.name}_cna")
         self._tracker.open()
         self._epoch = 0
@@ -311,9 +459,26 @@ class CNACallback(keras.callbacks.Callback):
         if not self._started:
             self._start(epoch)
 
+    def _continue_previous(self, epoch: int) -> None:
+        """A fit that starts at a later epoch continues the previous fit's record (same
+        process: BackupAndRestore resuming, or ``initial_epoch``)."""
+        prev, self._previous = self._previous, None
+        if prev is None or epoch == 0:
+            return
+        self.history = {e: m for e, m in prev["history"].items() if e <= epoch}
+        self.snapshots = {e: v for e, v in prev["snapshots"].items() if e <= epoch}
+        self.trajectory = {e: v for e, v in prev["trajectory"].items() if e <= epoch}
+        self._reasons = prev["reasons"]
+        if prev["last_full_epoch"] is not None and prev["last_full_epoch"] <= epoch:
+            self._last_details, self._last_full_epoch = (prev["last_details"],
+                                                         prev["last_full_epoch"])
+        if self._given_initial_weights is None:
+            self.initial_weights = prev["initial_weights"]
+
     def _start(self, epoch: int) -> None:
         self._started = True
         self._epoch = epoch
+        self._continue_previous(epoch)
         if self.baselines and self.initial_weights is None:
             from cna_tf import baselines
             self.initial_weights = baselines.capture_initial_weights(self.model)

@@ -38,26 +38,45 @@ def resolve_value_range(images: np.ndarray, value_range: ValueRange) -> Tuple[fl
             f"alpha needs the value range of {images.dtype} images: pass value_range=(low, high), "
             "e.g. (0, 16) for scikit-learn digits or (0.0, 1.0) for images scaled to [0, 1]. "
             "Only uint8 images default to (0, 255).")
+    fix = ("pass value_range=(low, high), the raw pixel values' range, e.g. (0, 255) for uint8 "
+           "images, (0, 16) for scikit-learn digits or (0.0, 1.0) for images scaled to [0, 1]")
+    if isinstance(value_range, (str, bytes)):
+        raise ValueError(f"value_range must be a pair of numbers (low, high), got "
+                         f"{value_range!r}; {fix}")
     try:
         lo, hi = (float(v) for v in value_range)
     except (TypeError, ValueError):
-        raise ValueError(f"value_range must be a pair (low, high), got {value_range!r}") from None
+        raise ValueError(f"value_range must be a pair of numbers (low, high), got "
+                         f"{value_range!r}; {fix}") from None
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"value_range must satisfy low < high (finite), got {value_range!r}")
+        raise ValueError(f"value_range must satisfy low < high (both finite), got "
+                         f"{value_range!r}; {fix}")
     return lo, hi
 
 
 def _as_batch(images) -> np.ndarray:
-    x = np.asarray(images)
+    try:
+        x = np.asarray(images)
+    except (TypeError, ValueError) as e:  # e.g. a list of images of different shapes
+        raise ValueError(
+            "alpha expects one numeric array of images with shape (n, ...), all of one shape; "
+            f"the images could not be stacked into one ({e}). Resize or crop them to one "
+            "shape, or call alpha on each group of equally shaped images.") from None
     if x.ndim < 2:
         raise ValueError(
             f"alpha expects a batch of images with shape (n, ...), got shape {x.shape}; "
             "wrap a single image as images[None].")
-    if x.shape[0] == 0 or x[0].size == 0:
-        raise ValueError(f"alpha got an empty batch or empty images, shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"alpha got an empty batch (0 images, shape {x.shape}); pass at least "
+                         "one image")
+    if x[0].size == 0:
+        raise ValueError(f"alpha got images without pixels (shape {x.shape}); each image needs "
+                         "at least one value")
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
             or x.dtype == np.bool_):
-        raise ValueError(f"alpha expects numeric pixel values, got dtype {x.dtype}")
+        raise ValueError(
+            f"alpha expects numeric pixel values (integer, float or bool), got dtype {x.dtype}; "
+            "convert the images to a numeric array first, e.g. np.asarray(images, np.uint8)")
     return x.reshape(x.shape[0], -1)
 
 

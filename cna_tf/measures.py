@@ -13,7 +13,7 @@ from scipy import stats
 from shapely.geometry import Polygon
 
 __all__ = ["beta", "cna", "curves", "cna_area", "margins", "margin", "cna_margin",
-           "CNAWarning"]
+           "class_indices", "probabilities", "CNAWarning"]
 
 
 class CNAWarning(RuntimeWarning):
@@ -162,7 +162,19 @@ def cna_area(alpha_train, beta_train, alpha_test, beta_test, window: int = 25,
     return float(shapely.make_valid(Polygon(ring)).area)
 
 
-def _probabilities(outputs: np.ndarray, from_logits: Optional[bool]) -> Tuple[np.ndarray, bool]:
+def probabilities(outputs, from_logits: Optional[bool] = None) -> Tuple[np.ndarray, bool]:
+    """Softmax probabilities of model outputs, never applying softmax twice.
+
+    Args:
+        outputs: (n, classes) model outputs, probabilities or logits.
+        from_logits: whether ``outputs`` are logits. None decides from the values: rows that
+            are non-negative and sum to 1 (within 1e-3) are probabilities.
+
+    Returns:
+        ``(probs, was_logits)``: float64 (n, classes) probabilities and whether softmax was
+        applied.
+    """
+    outputs = np.asarray(outputs, dtype=np.float64)
     if from_logits is None:
         from_logits = not (np.all(outputs >= 0) and np.allclose(outputs.sum(axis=1), 1.0,
                                                                   atol=1e-3))
@@ -173,20 +185,89 @@ def _probabilities(outputs: np.ndarray, from_logits: Optional[bool]) -> Tuple[np
     return outputs, False
 
 
-def _labels(labels, n: int, num_classes: int) -> np.ndarray:
-    y = np.asarray(labels)
-    if y.ndim == 2 and y.shape[1] == num_classes and y.shape[1] > 1:
-        y = y.argmax(axis=1)
-    y = y.reshape(-1)
-    if y.size != n:
-        raise ValueError(f"got {n} outputs but {y.size} labels")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.mod(y, 1) == 0):
-            raise ValueError("labels must be integer class indices (or one-hot rows)")
+LABELS_HINT = ("integer class indices of shape (n,) or one-hot rows of shape (n, classes) with "
+               "exactly one 1 per row (what keras.utils.to_categorical gives)")
+
+
+def class_indices(labels, n: Optional[int] = None, num_classes: Optional[int] = None
+                  ) -> np.ndarray:
+    """The one label validator of every entry point (SPEC §6): labels -> class indices (n,).
+
+    Accepted: integer class indices of shape (n,) (or a column (n, 1); integral floats such as
+    ``3.0`` too) and one-hot rows of shape (n, classes) with exactly one 1 per row and zeros
+    elsewhere, as ``keras.utils.to_categorical`` gives (any numeric or bool dtype). Any other
+    2-D label (smoothed, mixed, multi-hot) is an error: CNA's margin and accuracy need one true
+    class per point.
+
+    Example:
+        >>> cna_tf.measures.class_indices(keras.utils.to_categorical([2, 0], 3))
+        array([2, 0])
+
+    Args:
+        labels: the labels, array-like.
+        n: the number of samples they must label (None: not checked).
+        num_classes: the classifier's number of outputs; indices must lie in [0, num_classes)
+            and one-hot rows must have num_classes columns (None: the range is not checked).
+
+    Returns:
+        int64 array of shape (n,).
+
+    Raises:
+        ValueError: naming the problem and the fix, for soft or multi-hot rows, non-integer or
+            non-numeric labels, a bad shape, a wrong count, or indices outside the classes.
+    """
+    try:
+        y = np.asarray(labels)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"labels must be {LABELS_HINT}; they could not be read as one array: "
+                         f"{e}") from None
+    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        raise ValueError(f"labels must be {LABELS_HINT}; got non-numeric dtype {y.dtype}. "
+                         "Map class names to indices first (e.g. with np.unique(names, "
+                         "return_inverse=True)).")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim == 2:
+        k = y.shape[1]
+        if num_classes is not None and k != int(num_classes):
+            raise ValueError(
+                f"one-hot labels have {k} columns but the model has {num_classes} outputs; "
+                f"pass one column per class (keras.utils.to_categorical(y, {num_classes})) or "
+                "integer class indices")
+        with np.errstate(invalid="ignore"):
+            hot = (y == 1)
+            row_ok = ((y == 0) | hot).all(axis=1) & (hot.sum(axis=1) == 1)
+        if not row_ok.all():
+            i = int(np.argmin(row_ok))
+            shown = "[" + ", ".join(f"{float(v):.4g}" for v in y[i][:8]) + "]"
+            raise ValueError(
+                f"labels of shape {y.shape} must be one-hot rows with exactly one 1 per row "
+                f"and zeros elsewhere (what keras.utils.to_categorical gives); row {i} is "
+                f"{shown}{' ...' if k > 8 else ''}, {int((~row_ok).sum())} row(s) are not "
+                "one-hot (smoothed or mixed labels?). Pass the hard labels: integer class "
+                "indices of shape (n,) or exact one-hot rows (e.g. labels.argmax(axis=1) of "
+                "soft labels, if the largest entry is the true class).")
+        y = hot.argmax(axis=1)
+    elif y.ndim != 1:
+        raise ValueError(f"labels must be {LABELS_HINT}; got shape {y.shape}")
+    if y.dtype == np.bool_:
         y = y.astype(np.int64)
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}] for a model with "
-                         f"{num_classes} outputs; found {y.min()}..{y.max()}")
+    elif not np.issubdtype(y.dtype, np.integer):
+        bad = ~np.isfinite(y) | (y != np.round(y)) if y.size else np.zeros(0, bool)
+        if bad.any():
+            raise ValueError(
+                f"labels must be {LABELS_HINT}; got {y.dtype} values such as "
+                f"{y[bad][:3].tolist()} (soft or fractional labels?). Pass the integer class "
+                "of each point.")
+    y = y.astype(np.int64, copy=False)
+    if n is not None and y.size != int(n):
+        raise ValueError(f"got {y.size} labels for {n} samples; pass exactly one label per "
+                         "sample, in the samples' order")
+    if y.size and num_classes is not None:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= int(num_classes):
+            raise ValueError(f"labels must lie in [0, {int(num_classes) - 1}] for a model with "
+                             f"{num_classes} outputs; found {lo}..{hi}")
     return y
 
 
@@ -196,7 +277,7 @@ def margins(outputs, labels, on: str = "softmax", from_logits: Optional[bool] = 
 
     Args:
         outputs: (n, classes) model outputs, probabilities or logits.
-        labels: (n,) integer labels (or one-hot rows).
+        labels: (n,) integer class indices or (n, classes) one-hot rows (`class_indices`).
         on: ``"softmax"`` (paper: f = softmax probabilities) or ``"logits"`` (the published
             code's variant). Logits recovered from probabilities as log p give the same margins,
             since softmax is shift-invariant.
@@ -211,8 +292,8 @@ def margins(outputs, labels, on: str = "softmax", from_logits: Optional[bool] = 
         raise ValueError(f"margins expects outputs of shape (n, classes >= 2), got {out.shape}")
     if on not in ("softmax", "logits"):
         raise ValueError(f"on must be 'softmax' or 'logits', got {on!r}")
-    y = _labels(labels, out.shape[0], out.shape[1])
-    probs, was_logits = _probabilities(out, from_logits)
+    y = class_indices(labels, n=out.shape[0], num_classes=out.shape[1])
+    probs, was_logits = probabilities(out, from_logits)
     if on == "softmax":
         f = probs
     else:
@@ -230,7 +311,7 @@ def margin(outputs, labels, percentile: float = 5, on: str = "softmax",
 
     Args:
         outputs: (n, classes) outputs on the training points evaluated.
-        labels: (n,) integer labels.
+        labels: (n,) integer class indices or (n, classes) one-hot rows (`class_indices`).
         percentile: in [0, 100]; the paper uses 1 % to 10 %, default 5.
     """
     if not 0 <= percentile <= 100:

@@ -26,7 +26,8 @@ try:  # Keras 3 keeps the Functional class here; it is the type of every keras.M
 except ImportError:  # pragma: no cover - future Keras layouts
     _Functional = keras.Model
 
-__all__ = ["ActivationProbe", "affine_layers", "UntraceableModelError", "AFFINE_LAYER_TYPES"]
+__all__ = ["ActivationProbe", "affine_layers", "named_affine_layers", "graph_inputs", "replay",
+           "UntraceableModelError", "AFFINE_LAYER_TYPES"]
 
 AFFINE_LAYER_TYPES: Tuple[type, ...] = tuple(
     getattr(keras.layers, name) for name in (
@@ -284,7 +285,11 @@ class _Plan:
 
 
 class _ProbeLayer(keras.layers.Layer):
-    """Runs a `_Plan` and reduces each probe layer's activation per sample."""
+    """Runs a `_Plan` and reduces each probe layer's activation per sample.
+
+    With ``reduce=None`` it returns the probe layers' activations themselves (float32), a list
+    in forward order, instead of ``(sums, outputs)``.
+    """
 
     def __init__(self, model, plan: _Plan, reduce: str, keep: int, softmax_last: bool, **kwargs):
         super().__init__(**kwargs)
@@ -304,6 +309,8 @@ class _ProbeLayer(keras.layers.Layer):
         values = values[: self._keep]
         if self._softmax_last:
             values[-1] = ops.softmax(values[-1], axis=-1)
+        if self._reduce is None:
+            return [ops.cast(v, "float32") for v in values]
         reduced = []
         for v in values:
             v = ops.cast(v, "float32")
@@ -313,6 +320,8 @@ class _ProbeLayer(keras.layers.Layer):
         return ops.stack(reduced, axis=1), outputs
 
     def compute_output_spec(self, inputs, training=False):
+        if self._reduce is None:  # the activations' shapes: trace the plan symbolically
+            return super().compute_output_spec(inputs, training=training)
         batch = keras.tree.flatten(inputs)[0].shape[0]
         outputs = self.wrapped.compute_output_spec(inputs)
         return keras.KerasTensor((batch, self._keep), dtype="float32"), outputs
@@ -373,16 +382,52 @@ class ActivationProbe:
         self._plan = plan
         self._probes = plan.probes[:keep]
         softmax_last = (include_output and mode == "post" and (n_all - 1) in plan.unresolved())
+        self._softmax_last = softmax_last
+        self._outputs_model: Optional[keras.Model] = None
         graph = plan.graph
-        inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype,
-                              name=t._keras_history.operation.name) for t in graph.inputs]
+        self._input_shapes = [tuple(t.shape) for t in graph.inputs]
+        model_inputs = self._symbolic_inputs()
         layer = _ProbeLayer(model, plan, reduce, keep, softmax_last, name=f"{model.name}_probe")
-        model_inputs = inputs if len(inputs) > 1 else inputs[0]
         self.layer = layer
         sums, outputs = layer(model_inputs)
         self.sums_model = keras.Model(model_inputs, sums, name=f"{model.name}_probe_sums")
         self.full_model = keras.Model(model_inputs, [sums, outputs],
                                       name=f"{model.name}_probe_full")
+
+    def _symbolic_inputs(self):
+        inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype,
+                              name=t._keras_history.operation.name)
+                  for t in self._plan.graph.inputs]
+        return inputs if len(inputs) > 1 else inputs[0]
+
+    def check_inputs(self, x) -> None:
+        """Raises a ValueError naming the expected and the given shapes for mismatched inputs.
+
+        Arrays and tensors are checked (one per model input, in order); datasets, generators and
+        dicts are left to Keras.
+
+        Raises:
+            ValueError: a wrong number of input arrays or a wrong per-sample shape.
+        """
+        if isinstance(x, dict) or _batch(x, None) is None:
+            return
+        leaves = list(x) if isinstance(x, (list, tuple)) else [x]
+        if not all(hasattr(a, "shape") for a in leaves):
+            return
+        want = self._input_shapes
+        got = [tuple(int(d) if d is not None else None for d in a.shape) for a in leaves]
+        shown = lambda shapes: ", ".join(str(s) for s in shapes)  # noqa: E731
+        if len(got) != len(want):
+            raise ValueError(
+                f"ActivationProbe: model '{self.model.name}' takes {len(want)} input(s) of shape "
+                f"{shown(want)}, got {len(got)} array(s) of shape {shown(got)}")
+        for i, (w, g) in enumerate(zip(want, got)):
+            if len(w) != len(g) or any(a is not None and a != b for a, b in zip(w[1:], g[1:])):
+                which = f"input {i} " if len(want) > 1 else "inputs "
+                raise ValueError(
+                    f"ActivationProbe: model '{self.model.name}' expects {which}of shape {w} "
+                    f"(None = any size), got shape {g}. Pass the model inputs (e.g. "
+                    "preprocess(raw_images)) with the shape the model was built for.")
 
     @property
     def layer_names(self) -> List[str]:
@@ -408,9 +453,86 @@ class ActivationProbe:
 
         Returns:
             float32 array of shape (n, L).
+
+        Raises:
+            ValueError: inputs whose shape differs from the model's (`check_inputs`).
         """
+        self.check_inputs(x)
         return np.asarray(self.sums_model.predict(x, batch_size=_batch(x, batch_size),
                                                   verbose=0))
+
+    def layer_sums_in_memory(self, x, batch_size: Optional[int] = None, outputs: bool = False):
+        """`layer_sums` (or `layer_sums_and_outputs`) for in-memory arrays, one batch at a time.
+
+        The same compiled predict function on the same batches as `layer_sums` (identical
+        values), through ``predict_on_batch`` on slices of ``batch_size``, without the input
+        pipeline ``model.predict`` builds on every call (~0.1 s with TensorFlow: it matters for
+        small, frequent calls such as a callback's per-epoch measurement or a stream's batches).
+
+        Args:
+            x: model inputs: an array or tensor, or a list/tuple/dict of them.
+            batch_size: slice size (default 256).
+            outputs: also return the model's outputs.
+
+        Returns:
+            The (n, L) float32 sums, or ``(sums, outputs)`` with ``outputs`` as numpy.
+        """
+        self.check_inputs(x)
+        n = len(keras.tree.flatten(x)[0])
+        size = int(batch_size or 256)
+        net = self.full_model if outputs else self.sums_model
+        parts = [net.predict_on_batch(keras.tree.map_structure(lambda a: a[i:i + size], x))
+                 for i in range(0, n, size)]
+        if not outputs:
+            return np.concatenate([np.asarray(p) for p in parts])
+        sums = np.concatenate([np.asarray(p[0]) for p in parts])
+        outs = keras.tree.map_structure(lambda *a: np.concatenate([np.asarray(v) for v in a]),
+                                        *[p[1] for p in parts])
+        return sums, outs
+
+    @property
+    def outputs_model(self) -> keras.Model:
+        """The Keras model behind `layer_outputs` (built on first use): inputs -> the list of
+        every probe layer's activation, in forward order."""
+        if self._outputs_model is None:
+            layer = _ProbeLayer(self.model, self._plan, None, self.num_layers,
+                                self._softmax_last, name=f"{self.model.name}_probe_outputs")
+            inputs = self._symbolic_inputs()
+            outs = layer(inputs)
+            self._outputs_model = keras.Model(inputs, list(outs),
+                                              name=f"{self.model.name}_probe_outputs")
+        return self._outputs_model
+
+    def layer_outputs(self, x, batch_size: Optional[int] = None) -> Dict[str, np.ndarray]:
+        """The unreduced activation of every probe layer, in the probe's mode.
+
+        What ``keract.get_activations`` or one ``keras.Model(model.inputs, layer.output)`` per
+        layer give, from one compiled forward pass in inference mode, for every probe layer:
+        ``mode="pre"`` gives each layer's affine output before its fused activation (which no
+        ``layer.output`` exposes), ``mode="post"`` its first nonlinearity (SPEC §1). Summed over
+        all axes but the first, each array is the corresponding column of `layer_sums` (with
+        ``reduce="sum"``; the mean with ``reduce="mean"``).
+
+        Example:
+            >>> acts = cna_tf.ActivationProbe(model, mode="post").layer_outputs(x[:32])
+            >>> {name: a.shape for name, a in acts.items()}
+
+        Args:
+            x: model inputs (as `layer_sums` takes them).
+            batch_size: predict batch size (default 256; ignored for datasets).
+
+        Returns:
+            dict ``layer_name -> float32 array (n, *layer output shape)``, in the order of
+            `layer_names`. Memory: n times every probe layer's activation size; for large n use
+            `layer_sums`, which reduces in-graph.
+
+        Raises:
+            ValueError: inputs whose shape differs from the model's (`check_inputs`).
+        """
+        self.check_inputs(x)
+        outs = self.outputs_model.predict(x, batch_size=_batch(x, batch_size), verbose=0)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        return {name: np.asarray(a) for name, a in zip(self.layer_names, outs)}
 
     def layer_sums_and_outputs(self, x, batch_size: Optional[int] = None):
         """Layer sums and the model's outputs from one compiled forward pass.
@@ -418,6 +540,7 @@ class ActivationProbe:
         Returns:
             ``(sums, outputs)``: an (n, L) float32 array and the model's outputs as numpy.
         """
+        self.check_inputs(x)
         sums, outputs = self.full_model.predict(x, batch_size=_batch(x, batch_size), verbose=0)
         return np.asarray(sums), outputs
 
@@ -439,10 +562,51 @@ def _batch(x, batch_size: Optional[int]) -> Optional[int]:
     return 256
 
 
+def graph_inputs(model: keras.Model) -> List[Any]:
+    """The symbolic inputs of the layer graph the probe replays (a Sequential model's too).
+
+    Raises:
+        UntraceableModelError: for a subclassed or unbuilt model (see `ActivationProbe`).
+    """
+    return list(_graph_of(model).inputs)
+
+
+def replay(model: keras.Model, inputs: Sequence[Any], mode: str = "pre",
+           training: bool = False) -> Tuple[List[Any], Any]:
+    """Runs ``model``'s layer graph on backend tensors, keeping every probe layer's activation.
+
+    The eager, unreduced, dtype-preserving form of the probe (no Keras model is built, no cast
+    to float32): e.g. the float64 squared-weight copy of the path norm reads its classifier's
+    affine output from it.
+
+    Args:
+        model: a Functional or Sequential model (nested models are expanded).
+        inputs: one tensor per input of `graph_inputs(model)`, in that order.
+        mode: ``"pre"`` or ``"post"``, as in `ActivationProbe`.
+        training: the training flag passed to every layer.
+
+    Returns:
+        ``(values, outputs)``: the activation of every probe layer in forward order, the
+        classifier included, and the model's outputs.
+    """
+    return _Plan(model, mode).run(list(inputs), training=training)
+
+
+def named_affine_layers(model: keras.Model, include_output: bool = True
+                        ) -> List[Tuple[str, keras.layers.Layer]]:
+    """``(probe name, layer)`` of every call of every probe layer of ``model`` (SPEC §1).
+
+    The names are those of `ActivationProbe.layer_names`: ``outer/inner`` inside nested models,
+    ``name@k`` for the k-th repeated call of a shared layer. Used by the norm-based baselines,
+    which run over every weighted layer, the classifier included.
+    """
+    named = [(p.name, p.layer) for p in _Plan(model, "pre").probes]
+    return named if include_output else named[:-1]
+
+
 def affine_layers(model: keras.Model, include_output: bool = True) -> List[keras.layers.Layer]:
     """The probe layers of ``model`` in forward order (SPEC §1), the classifier included.
 
     Used by the norm-based baselines, which run over every weighted layer.
     """
-    layers = [p.layer for p in _Plan(model, "pre").probes]
-    return layers if include_output else layers[:-1]
+    return [layer for _, layer in named_affine_layers(model, include_output)]

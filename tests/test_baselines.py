@@ -389,3 +389,90 @@ def test_subclassed_model_is_untraceable():
     net(np.ones((1, 3), dtype=np.float32))
     with pytest.raises(cna_tf.UntraceableModelError):
         B.compute(net, 0.5)
+
+
+# -- initial weights as model.get_weights() (SPEC §6) ------------------------------------------
+
+def _conv_bn_model(rng):
+    """Conv + BN + separable conv + Dense: get_weights() interleaves kernels with biases, BN
+    gamma/beta/moving statistics, so a list matched by position must skip those."""
+    model = keras.Sequential([
+        keras.Input((6, 6, 2)),
+        keras.layers.Conv2D(3, 3, name="c1"),
+        keras.layers.BatchNormalization(name="bn"),
+        keras.layers.ReLU(),
+        keras.layers.SeparableConv2D(4, 2, name="sep"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(3, activation="softmax", name="out"),
+    ])
+    model.set_weights([rng.normal(size=w.shape) if w.ndim else w for w in model.get_weights()])
+    return model
+
+
+def _perturb(model, rng):
+    model.set_weights([w + rng.normal(size=w.shape).astype(w.dtype) for w in model.get_weights()])
+
+
+def test_initial_weights_as_get_weights_list_equal_the_dict(rng):
+    model = _conv_bn_model(rng)
+    w0_list, w0_dict = model.get_weights(), B.capture_initial_weights(model)
+    _perturb(model, rng)                                       # "train"
+    # the kernels, in forward order, picked out of get_weights() by hand
+    by_hand = [w0_list[0], w0_list[6], w0_list[7], w0_list[9]]
+    assert [w.shape for w in by_hand] == [w.shape for w in w0_dict.values()]
+    got = B.initial_kernels(model, w0_list)
+    assert list(got) == list(w0_dict)
+    for a, b in zip(got.values(), by_hand):
+        np.testing.assert_array_equal(a, b)
+    want = _quiet_compute(model, 0.4, w0_dict, 50)
+    assert math.isfinite(want["bound_2018"]) and want["bound_2018"] > 0
+    assert _quiet_compute(model, 0.4, w0_list, 50) == want
+    assert _quiet_compute(model, 0.4, tuple(w0_list), 50) == want
+    assert _quiet_compute(model, 0.4, list(w0_dict.values()), 50) == want  # kernels only
+    assert B.bound_2018(model, 0.4, w0_list, 50) == want["bound_2018"]
+
+
+def test_initial_weights_list_mismatch_is_a_clear_error(rng):
+    model = _conv_bn_model(rng)
+    w0 = model.get_weights()
+    with pytest.raises(ValueError, match=r"a list of 3 arrays, but this model has 11 weights "
+                                         r"\(model.get_weights\(\)\) and 4 kernel matrices"):
+        B.compute(model, 0.4, w0[:3], 50)
+    w0[6] = np.zeros((3, 3, 3, 1))
+    with pytest.raises(ValueError, match=r"initial_weights\[6\] has shape \(3, 3, 3, 1\) but the "
+                                         r"model's weight 6 .* has shape \(2, 2, 3, 1\)"):
+        B.compute(model, 0.4, w0, 50)
+    with pytest.raises(ValueError, match="must be the dict .* or the list model.get_weights"):
+        B.compute(model, 0.4, np.zeros(3), 50)
+
+
+def test_initial_weights_list_through_evaluate_and_the_callback(rng):
+    model = _conv_bn_model(rng)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    w0_list, w0_dict = model.get_weights(), B.capture_initial_weights(model)
+    _perturb(model, rng)
+    raw = rng.integers(0, 256, size=(40, 6, 6, 2)).astype(np.uint8)
+    pre = lambda r: r.astype("float32") / 255.0  # noqa: E731
+    y = model.predict(pre(raw), verbose=0).argmax(axis=1)  # every point right: margin > 0
+    data = (raw, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CNAWarning)
+        got = cna_tf.evaluate(model, data, data, preprocess=pre, initial_weights=w0_list)
+        want = cna_tf.evaluate(model, data, data, preprocess=pre, initial_weights=w0_dict)
+    assert got["bound_2018"] == want["bound_2018"] and math.isfinite(got["bound_2018"])
+    trained, histories = model.get_weights(), []
+    for w0 in (w0_list, w0_dict):
+        model.set_weights(trained)
+        cb = cna_tf.CNACallback(data, data, preprocess=pre, mlflow=False, initial_weights=w0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CNAWarning)
+            model.fit(pre(raw), y, epochs=1, verbose=0, shuffle=False, callbacks=[cb])
+        histories.append(cb.history)
+    assert histories[0][0]["bound_2018"] == histories[1][0]["bound_2018"]
+    assert histories[0][1]["bound_2018"] == pytest.approx(histories[1][1]["bound_2018"],
+                                                           nan_ok=True)
+    assert math.isfinite(histories[0][0]["bound_2018"])
+    cb = cna_tf.CNACallback(data, data, preprocess=pre, mlflow=False,
+                            initial_weights=w0_list[:2])
+    with pytest.raises(ValueError, match="CNACallback: initial_weights is a list of 2 arrays"):
+        model.fit(pre(raw), y, epochs=1, verbose=0, callbacks=[cb])

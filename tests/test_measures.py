@@ -121,7 +121,7 @@ def test_margin_errors(rng):
     p = np.full((3, 4), 0.25)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\]"):
         cna_tf.margins(p, [0, 1, 4])
-    with pytest.raises(ValueError, match="3 outputs but 2 labels"):
+    with pytest.raises(ValueError, match="got 2 labels for 3 samples"):
         cna_tf.margins(p, [0, 1])
     with pytest.raises(ValueError, match="percentile"):
         cna_tf.margin(p, [0, 1, 2], percentile=150)
@@ -137,3 +137,51 @@ def test_no_warning_on_regular_data(rng):
         warnings.simplefilter("error")
         cna_tf.cna(a, a + rng.normal(size=100))
         cna_tf.cna_area(a, a, rng.random(100), rng.random(100))
+
+
+# -- the one label validator (SPEC §6) ---------------------------------------------------------
+
+def test_class_indices_accepts_indices_and_exact_one_hot(rng):
+    from cna_tf.measures import class_indices
+    y = rng.integers(0, 4, size=30)
+    onehot = np.zeros((30, 4), dtype=np.float32)           # what to_categorical gives
+    onehot[np.arange(30), y] = 1
+    for form in (y, y.astype(np.float64), y[:, None], onehot, onehot.astype(bool),
+                 onehot.astype(np.uint8), list(y)):
+        got = class_indices(form, n=30, num_classes=4)
+        assert got.dtype == np.int64 and got.shape == (30,)
+        np.testing.assert_array_equal(got, y)
+    assert class_indices(np.zeros(0, dtype=int), n=0, num_classes=3).shape == (0,)
+
+
+@pytest.mark.parametrize("labels, match", [
+    (np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05]]),     # label smoothing
+     r"labels of shape \(2, 3\) must be one-hot rows with exactly one 1 per row.*row 0 is "
+     r"\[0\.9, 0\.05, 0\.05\].*smoothed or mixed labels\?.*integer class indices"),
+    (np.array([[1.0, 0, 0], [0, 0.3, 0.7]]),               # mixup
+     r"row 1 is \[0, 0\.3, 0\.7\], 1 row\(s\) are not one-hot"),
+    (np.array([[1, 1, 0], [0, 1, 0]]),                      # multi-hot
+     r"row 0 is \[1, 1, 0\]"),
+    (np.array([[0, 0, 0], [0, 1, 0]]),                      # an empty row
+     r"row 0 is \[0, 0, 0\]"),
+    (np.array([0.0, 1.5]), r"got float64 values such as \[1\.5\] \(soft or fractional"),
+    (np.array([0.0, np.nan]), r"values such as \[nan\]"),
+    (np.array(["cat", "dog"]), r"non-numeric dtype <U3.*np\.unique"),
+    (np.zeros((2, 3, 1)), r"got shape \(2, 3, 1\)"),
+    (np.array([0, -1]), r"labels must lie in \[0, 2\] for a model with 3 outputs; found -1\.\.0"),
+])
+def test_class_indices_rejects_other_labels_naming_the_fix(labels, match):
+    from cna_tf.measures import class_indices
+    with pytest.raises(ValueError, match=match):
+        class_indices(labels, n=2, num_classes=3)
+
+
+def test_one_validator_behind_margins_with_soft_labels_and_wrong_width(rng):
+    p = np.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match="smoothed or mixed"):
+        cna_tf.margins(p, np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05]]))
+    with pytest.raises(ValueError, match=r"one-hot labels have 4 columns but the model has 3 "
+                                         r"outputs.*to_categorical\(y, 3\)"):
+        cna_tf.margins(p, np.eye(4)[[0, 1]])
+    with pytest.raises(ValueError, match="smoothed or mixed"):
+        cna_tf.margin(p, np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05]]))
