@@ -2,7 +2,9 @@
 
 Each one binds 127.0.0.1 on a free port, lives in a temporary directory and is stopped by its
 own process id (or process group, which this module created) when its ``with`` block ends. A
-missing server binary skips the test with the command that installs it (`.ci/run` does).
+missing server binary skips the test with the command that installs it (`.ci/run` does); under
+CI (``CI=true``) it fails the test instead (`missing`), so a CI run cannot go green with them
+skipped.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Mapping, NoReturn, Optional
 
 import pytest
 
@@ -68,6 +70,42 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, group: bool = False
         proc.wait(10)
 
 
+# -- missing programs: skip here, fail under CI ---------------------------------------------------
+
+def under_ci(env: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether this is a CI run: ``CI`` set to true/1/yes/on (GitHub Actions, GitLab CI and
+    others set ``CI=true``; `.ci/run` exports it)."""
+    value = (os.environ if env is None else env).get("CI", "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def missing(what: str, env: Optional[Mapping[str, str]] = None) -> NoReturn:
+    """Ends a test that needs something absent: a skip naming ``what`` (and how to install it)
+    on a developer's machine, a failure under CI, where `.ci/run` must have installed it."""
+    if under_ci(env):
+        pytest.fail(f"CI=true and {what}; .ci/run installs it, so this CI run is broken",
+                    pytrace=False)
+    pytest.skip(what)
+
+
+def require_module(name: str, hint: str, env: Optional[Mapping[str, str]] = None):
+    """``pytest.importorskip`` that fails instead under CI (see `missing`)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        missing(f"Python module {name} cannot be imported ({e}): {hint}", env)
+
+
+def chromium_missing(chromium: str = CHROMIUM, chromedriver: str = CHROMEDRIVER) -> Optional[str]:
+    """Why the UI test cannot run (None when Chromium and chromedriver are there)."""
+    if os.path.exists(chromium) and os.path.exists(chromedriver):
+        return None
+    return (f"{chromium} / {chromedriver} missing: apt-get install -y chromium chromium-driver "
+            "(.ci/run does)")
+
+
 # -- PostgreSQL ----------------------------------------------------------------------------------
 
 def pg_bin(name: str) -> Optional[str]:
@@ -102,9 +140,9 @@ def postgres(dbname: str = "mlflow") -> Iterator[str]:
     """A throwaway PostgreSQL cluster on 127.0.0.1; yields the database's SQLAlchemy URI."""
     initdb, server = pg_bin("initdb"), pg_bin("postgres")
     if not (initdb and server):
-        pytest.skip("PostgreSQL server programs (initdb, postgres) not found: "
-                    "apt-get install -y postgresql (.ci/run does)")
-    psycopg = pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (dev extra)")
+        missing("PostgreSQL server programs (initdb, postgres) not found: "
+                "apt-get install -y postgresql (.ci/run does)")
+    psycopg = require_module("psycopg", "pip install 'psycopg[binary]' (dev extra)")
     account = pg_os_user()
     # Not under pytest's tmp_path: that is private to root, and the server runs as another user.
     root = Path(tempfile.mkdtemp(prefix="cna_tf_pg_"))
