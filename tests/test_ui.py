@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from _servers import CHROMEDRIVER, CHROMIUM, artifacts_dir, mlflow_server
+from _servers import (CHROMEDRIVER, CHROMIUM, artifacts_dir, chromium_missing, missing,
+                      mlflow_server, require_module)
 
 WIDTHS = (0.05, 0.1, 0.25, 0.5)
 # final (step 2) values, exact in binary so the table shows them as logged
@@ -52,10 +53,10 @@ def log_small_grid(tracking_uri: str) -> str:
 
 @pytest.fixture
 def browser(tmp_path):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip(f"{CHROMIUM} / {CHROMEDRIVER} missing: apt-get install -y chromium "
-                    "chromium-driver (.ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    why = chromium_missing()
+    if why:
+        missing(why)   # a skip here, a failure under CI=true
+    webdriver = require_module("selenium.webdriver", "pip install selenium (dev extra)")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
