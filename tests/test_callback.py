@@ -211,3 +211,93 @@ def test_cna_term_raises_batch_cna(digits):
         result[weight] = cna_tf.cna(a, cna_tf.beta(cna_tf.ActivationProbe(model).layer_sums(x)))
         assert reg.predict(x, verbose=0).shape == (len(x), digits.num_classes)
     assert result[1.0] > result[0.0] + 0.1
+
+
+def test_one_hot_labels_as_keras_io_examples_use_them(digits):
+    """to_categorical labels + categorical_crossentropy: the same history as class indices."""
+    onehot = (keras.utils.to_categorical(digits.y_train, 10),
+              keras.utils.to_categorical(digits.y_test, 10))
+    histories = []
+    for y_tr, y_te, loss in ((digits.y_train, digits.y_test, "sparse_categorical_crossentropy"),
+                             (*onehot, "categorical_crossentropy")):
+        model = small_mlp(digits)
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.8), loss)
+        cb = cna_tf.CNACallback((digits.x_train, y_tr), (digits.x_test, y_te),
+                                preprocess=digits.preprocess, value_range=digits.value_range,
+                                max_samples=300, full_every=1, mlflow=False)
+        stop = keras.callbacks.EarlyStopping(monitor="cna_test", mode="max", patience=5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CNAWarning)
+            model.fit(digits.preprocess(digits.x_train), y_tr, epochs=2, batch_size=64,
+                      shuffle=False, verbose=0, callbacks=[cb, stop])
+        histories.append(cb.history)
+    assert histories[0].keys() == histories[1].keys() == {0, 1, 2}
+    for epoch, metrics in histories[0].items():
+        assert histories[1][epoch] == pytest.approx(metrics, rel=1e-5, abs=1e-6, nan_ok=True)
+
+
+def _fit_quiet(model, digits, cb, epochs, extra=()):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CNAWarning)
+        model.fit(digits.preprocess(digits.x_train), digits.y_train, epochs=epochs,
+                  batch_size=64, shuffle=False, verbose=0, callbacks=[*extra, cb])
+
+
+def test_a_reused_callback_starts_fresh_like_a_new_one(digits):
+    model = small_mlp(digits)
+    cb = callback(digits, full_every=2, record_trajectory=True, mlflow=False)
+    _fit_quiet(model, digits, cb, epochs=3)
+    assert set(cb.history) == {0, 1, 2, 3}
+    trained = model.get_weights()
+    twin = small_mlp(digits, seed=5)
+    results = []
+    for net, c in ((model, cb), (twin, callback(digits, full_every=2, record_trajectory=True,
+                                                mlflow=False))):
+        net.set_weights(trained)  # same weights, fresh optimizers: the same second fit
+        net.compile(keras.optimizers.SGD(0.05, momentum=0.8), "sparse_categorical_crossentropy")
+        _fit_quiet(net, digits, c, epochs=2)
+        results.append(c)
+    reused, fresh = results
+    assert reused.history.keys() == fresh.history.keys() == {0, 1, 2}
+    for epoch in fresh.history:
+        assert reused.history[epoch] == pytest.approx(fresh.history[epoch], nan_ok=True)
+    assert reused.snapshots.keys() == fresh.snapshots.keys() == {0, 2}
+    assert reused.trajectory.keys() == fresh.trajectory.keys() == {0, 1, 2}
+    np.testing.assert_array_equal(reused.trajectory[0], fresh.trajectory[0])
+    # W0 of the second fit is the weights it started from, not the first fit's
+    w0 = cna_tf.baselines.initial_kernels(model, trained)
+    for key, kernel in w0.items():
+        np.testing.assert_array_equal(reused.initial_weights[key], kernel)
+
+
+class Interrupt(keras.callbacks.Callback):
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_in_the_same_process_continues_the_reused_callback(digits, tmp_path):
+    """Keras' BackupAndRestore recipe (fit, interrupted; fit again with the same callbacks): the
+    resumed fit continues the record and W0 of the interrupted one, equal to an uninterrupted
+    run."""
+    uninterrupted = callback(digits, full_every=2, mlflow=False)
+    _fit_quiet(small_mlp(digits), digits, uninterrupted, epochs=5)
+
+    model = small_mlp(digits)
+    cb = callback(digits, full_every=2, mlflow=False)
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _fit_quiet(model, digits, cb, epochs=5, extra=(backup, Interrupt(3)))
+    assert set(cb.history) == {0, 1, 2, 3}
+    first_w0 = dict(cb.initial_weights)
+    _fit_quiet(model, digits, cb, epochs=5, extra=(backup,))
+    assert set(cb.history) == set(uninterrupted.history) == {0, 1, 2, 3, 4, 5}
+    for epoch, metrics in uninterrupted.history.items():
+        assert cb.history[epoch] == pytest.approx(metrics, rel=1e-5, abs=1e-6, nan_ok=True), epoch
+    assert set(cb.snapshots) == {0, 2, 4, 5}
+    for key, kernel in first_w0.items():
+        np.testing.assert_array_equal(cb.initial_weights[key], kernel)

@@ -329,3 +329,61 @@ def test_probe_is_differentiable(mlp, rng):
         loss = tf.reduce_sum(b)
     grads = tape.gradient(loss, [layer.kernel for layer in probe.layers])
     assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
+
+
+# -- layer_outputs: the unreduced activations (SPEC §6) ----------------------------------------
+
+@pytest.mark.parametrize("mode", ["pre", "post"])
+def test_layer_outputs_match_hand_computation_and_sum_to_layer_sums(mlp, rng, mode):
+    x = rng.normal(size=(37, 6)).astype("float32")
+    pre, post = hand_forward(mlp, x)
+    probe = cna_tf.ActivationProbe(mlp, mode=mode, include_output=True)
+    acts = probe.layer_outputs(x, batch_size=8)            # 5 batches, the last one short
+    assert list(acts) == probe.layer_names
+    for got, want in zip(acts.values(), pre if mode == "pre" else post):
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    sums = np.stack([reduce_all(a) for a in acts.values()], axis=1)
+    np.testing.assert_allclose(sums, probe.layer_sums(x), rtol=1e-5, atol=1e-5)
+    mean = cna_tf.ActivationProbe(mlp, mode=mode, reduce="mean")
+    np.testing.assert_allclose(np.stack([reduce_all(a, "mean") for a in
+                                         mean.layer_outputs(x).values()], axis=1),
+                               mean.layer_sums(x), rtol=1e-5, atol=1e-6)
+
+
+def test_layer_outputs_equal_a_keras_sub_model(rng):
+    """Where a layer's Keras output is the probe's value (pre: layers without a fused activation;
+    post: the first nonlinearity), the sub-model keras.Model(inputs, [outputs]) gives the same."""
+    model = residual_model()
+    x = rng.normal(size=(21, 8, 8, 3)).astype("float32")
+    for mode, names in (("pre", ["stem", "b1_conv1", "b1_conv2", "b1_short", "side"]),
+                        ("post", ["stem_relu", "b1_relu", "b1_conv2", "b1_short", "side"])):
+        probe = cna_tf.ActivationProbe(model, mode=mode)
+        acts = probe.layer_outputs(x, batch_size=4)
+        sub = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+        want = sub.predict(x, verbose=0)
+        assert list(acts) == ["stem", "b1_conv1", "b1_conv2", "b1_short", "side"]
+        for (name, got), w in zip(acts.items(), want):
+            assert got.shape == w.shape, name
+            np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(np.stack([reduce_all(a) for a in acts.values()], axis=1),
+                                   probe.layer_sums(x), rtol=1e-4, atol=1e-3)
+
+
+def test_layer_outputs_of_nested_models_and_fused_pre_activations(rng):
+    block = keras.Sequential([keras.Input((6,)), layers.Dense(5, activation="tanh", name="d1"),
+                              layers.Dense(5, name="d2")], name="block")
+    inp = keras.Input((6,))
+    x = layers.Activation("tanh")(block(inp))
+    x = layers.Dense(4, activation="relu", name="d3")(x)
+    model = keras.Model(inp, layers.Dense(3, activation="softmax", name="head")(x))
+    set_random_weights(model)
+    x_in = rng.normal(size=(11, 6)).astype("float32")
+    acts = cna_tf.ActivationProbe(model).layer_outputs(x_in)
+    assert list(acts) == ["block/d1", "block/d2", "d3"]
+    w1, b1, w2, b2, w3, b3, _, _ = model.get_weights()
+    z1 = x_in @ w1 + b1                                      # fused tanh: pre is the affine part
+    z2 = np.tanh(z1) @ w2 + b2
+    z3 = np.tanh(z2) @ w3 + b3
+    for got, want in zip(acts.values(), (z1, z2, z3)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
