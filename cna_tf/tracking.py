@@ -15,7 +15,10 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["Tracker", "sanitize_artifact_name", "metric_histories"]
+__all__ = ["TAG_PREFIX", "Tracker", "sanitize_artifact_name", "metric_histories", "metric_steps"]
+
+#: Prefix of every MLflow tag the project's steps set (``cna_tf.role``, ``cna_tf.cell_key``, ...).
+TAG_PREFIX = "cna_tf."
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
@@ -78,8 +81,9 @@ class Tracker:
         """Steps at which ``key`` has been logged to the run (empty when not tracking)."""
         if not self.active:
             return set()
-        return {m.step for m in self._retry(
-            lambda: self._client.get_metric_history(self.run_id, key))}
+        steps, _ = self._retry(
+            lambda: metric_histories(self.run_id, key, self._client, duplicates="all")[key])
+        return set(steps.tolist())
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if not self.active:
@@ -184,3 +188,24 @@ def metric_histories(run_id: str, keys: Union[str, Iterable[str]], client=None,
         values = np.array([r[1] for r in rows], dtype=np.float64)
         out[key] = (steps, values)
     return out
+
+
+def metric_steps(run_id: str, keys: Union[str, Iterable[str]], client=None,
+                 duplicates: str = "last") -> Dict[str, Dict[int, float]]:
+    """`metric_histories` as ``{key: {step: value}}``: one value per step, steps ascending.
+
+    Args:
+        run_id: the MLflow run.
+        keys: one metric name or several.
+        client: an ``mlflow.MlflowClient`` (default: one for the current tracking URI).
+        duplicates: ``"last"`` (default: a resumed epoch logged twice keeps its later value) or
+            ``"first"``.
+
+    Returns:
+        dict mapping each key to ``{step: value}`` (empty for a key the run never logged).
+    """
+    if duplicates not in ("first", "last"):
+        raise ValueError(f"duplicates must be 'first' or 'last', got {duplicates!r}")
+    return {key: dict(zip(steps.tolist(), values.tolist()))
+            for key, (steps, values) in metric_histories(run_id, keys, client,
+                                                         duplicates).items()}

@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cells import ALL_PARAMS, AXES  # noqa: E402
 from params import declared, log_launch, log_resolved, parse_bool, read_params  # noqa: E402
 
-TAG = "cna_tf."
+from cna_tf.tracking import TAG_PREFIX as TAG  # noqa: E402
+from cna_tf.tracking import metric_steps  # noqa: E402
+
 METRICS = ("cna_area", "cna_margin", "l2", "l2_path", "spectral", "bound_2018", "margin",
            "cna_train", "cna_test")
 TARGETS = ("gen_gap", "loss_gap")
@@ -54,12 +56,9 @@ def run_params(run) -> Dict[str, Any]:
 
 def instances_of_run(client, run) -> List[Dict[str, Any]]:
     """The network instances of one finished train run: one per full snapshot epoch."""
-    history: Dict[str, Dict[int, float]] = {}
-    for key in READ:
-        if key in run.data.metrics:
-            # the last value logged at a step wins (a resumed epoch may have been logged twice)
-            history[key] = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
-                                                                                key)}
+    # the last value logged at a step wins (a resumed epoch may have been logged twice)
+    history = metric_steps(run.info.run_id, [k for k in READ if k in run.data.metrics], client,
+                           duplicates="last")
     steps = sorted(history.get("gen_gap", {}))
     if run.data.tags.get(TAG + "final_only") == "true" and steps:
         steps = steps[-1:]

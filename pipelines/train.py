@@ -31,8 +31,9 @@ import backup as backup_store  # noqa: E402
 from cells import ALL_PARAMS, cell_key, normalize  # noqa: E402
 from params import log_launch, log_resolved  # noqa: E402
 
+from cna_tf.tracking import TAG_PREFIX as TAG  # noqa: E402
+
 BACKUP_ROOT = Path(os.environ.get("CNA_TF_BACKUP_DIR", ".cna_backup"))
-TAG = "cna_tf."
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 import cells  # noqa: E402
 import reproduce  # noqa: E402
 
+from cna_tf.report import pooled_quintiles  # noqa: E402
+
 Z95 = 1.959963984540054
 
 
@@ -46,7 +48,7 @@ def _rows(epoch, errors, n):
 def test_pooled_quintiles_sum_counts_over_seeds_with_wilson_intervals():
     per_run = {0: _rows(3, [1, 2, 3, 4, 10], [20] * 5) + _rows(0, [18] * 5, [20] * 5),
                1: _rows(3, [0, 1, 2, 5, 6], [21, 21, 21, 21, 20])}
-    got = reproduce.pooled_quintiles(per_run, 3)
+    got = pooled_quintiles(per_run, 3)
     assert got["seeds"] == [0, 1] and got["epoch"] == 3
     errors, n = [1, 3, 5, 9, 16], [41, 41, 41, 41, 40]
     for q, row in enumerate(got["quintiles"]):
@@ -58,8 +60,8 @@ def test_pooled_quintiles_sum_counts_over_seeds_with_wilson_intervals():
     assert got["per_seed_ratio"] == {0: pytest.approx(10.0), 1: math.inf}
     assert got["verdict"] == "reproduced"
     # a seed without the epoch is left out
-    assert reproduce.pooled_quintiles(per_run, 0)["seeds"] == [0]
-    assert reproduce.pooled_quintiles(per_run, 7) == {}
+    assert pooled_quintiles(per_run, 0)["seeds"] == [0]
+    assert pooled_quintiles(per_run, 7) == {}
 
 
 @pytest.mark.parametrize("errors, verdict", [
@@ -69,7 +71,7 @@ def test_pooled_quintiles_sum_counts_over_seeds_with_wilson_intervals():
     ([10, 10, 11, 10, 12], "overlap"),
 ])
 def test_fig6_verdicts(errors, verdict):
-    q = reproduce.pooled_quintiles({0: _rows(1, errors, [100] * 5)}, 1)
+    q = pooled_quintiles({0: _rows(1, errors, [100] * 5)}, 1)
     assert verdict in q["verdict"]
 
 
