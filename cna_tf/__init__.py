@@ -23,7 +23,7 @@ __all__ = [
 
 # Submodules with heavier imports load on first use: cna_tf.models, cna_tf.data, ...
 _LAZY_MODULES = {"baselines", "models", "data", "plots", "analysis", "tracking", "callback",
-                 "regularizer"}
+                 "regularizer", "flatness", "ranking"}
 _LAZY_NAMES = {"CNACallback": "callback", "CNARegularizer": "regularizer"}
 
 
