@@ -11,7 +11,12 @@ by the network margin gamma (SPEC §1, eq. 6):
 * ``bound_2018`` = sqrt( d² h ln(d h) Π_l σ_max(W_l)² Σ_l ‖W_l − W_l⁰‖_F² / σ_max(W_l)²
   / (gamma² m) )  (Neyshabur, Bhojanapalli & Srebro 2018, PAC-Bayes spectral bound, Theorem 1)
 
-and the un-normalized products ``l2_raw``, ``spectral_raw``, ``l2_path_raw``.
+and the un-normalized products ``l2_raw``, ``spectral_raw``, ``l2_path_raw``; and, from SPEC §8
+(Jiang et al. 2020, "Fantastic Generalization Measures", eqs. for dist. from init. and
+sum-of-Frobenius), over the same matrices and not divided by the margin:
+
+* ``dist_init``  = Σ_l ‖W_l − W_l⁰‖_F²  (NaN without the initial weights)
+* ``sum_of_fro`` = d · (Π_l ‖W_l‖_F²)^(1/d)
 
 Choices where SPEC §2 is silent (all documented here once):
 
@@ -71,10 +76,10 @@ from cna_tf.probe import graph_inputs, named_affine_layers, replay
 
 __all__ = ["compute", "l2", "spectral", "l2_path", "bound_2018", "l2_raw", "spectral_raw",
            "l2_path_raw", "capture_initial_weights", "initial_kernels", "kernel_matrices",
-           "KernelMatrix", "BASELINE_KEYS"]
+           "KernelMatrix", "BASELINE_KEYS", "dist_init", "sum_of_fro"]
 
 BASELINE_KEYS: Tuple[str, ...] = ("l2", "spectral", "l2_path", "bound_2018", "l2_raw",
-                                  "spectral_raw", "l2_path_raw")
+                                  "spectral_raw", "l2_path_raw", "dist_init", "sum_of_fro")
 
 # What ``initial_weights`` may be (SPEC §6): capture_initial_weights' dict or get_weights()' list.
 InitialWeights = Optional[Union[Mapping[str, np.ndarray], Sequence[np.ndarray]]]
@@ -504,7 +509,57 @@ def _log_bound(mats: Sequence[KernelMatrix], log_sig: np.ndarray, log_gamma: flo
     return 0.5 * total
 
 
+# -- SPEC §8: distance from initialization, sum of Frobenius norms ----------------------------
+
+def _log_dist_init(mats: Sequence[KernelMatrix],
+                   initial_weights: Optional[Mapping[str, np.ndarray]]) -> float:
+    """log Σ_l ‖W_l − W_l⁰‖_F² (log-sum-exp of the per-matrix logs), NaN without W⁰."""
+    if initial_weights is None:
+        return math.nan
+    init = _match_initial(mats, initial_weights)
+    log_sq = 2.0 * _log([np.linalg.norm((m.kernel - w0).ravel()) for m, w0 in zip(mats, init)])
+    with np.errstate(invalid="ignore", over="ignore"):
+        return float(np.logaddexp.reduce(log_sq))
+
+
+def _log_sum_of_fro(mats: Sequence[KernelMatrix], log_l2: float) -> float:
+    """log( d · (Π_l ‖W_l‖_F²)^(1/d) ) = log d + (2/d) · Σ_l log ‖W_l‖_F."""
+    d = len(mats)
+    if d == 0:
+        return math.nan
+    return math.log(d) + 2.0 * log_l2 / d
+
+
 # -- public API -------------------------------------------------------------------------------
+
+def dist_init(model: keras.Model, initial_weights: InitialWeights) -> float:
+    """Σ_l ‖W_l − W_l⁰‖_F² over the matrices of SPEC §2 (SPEC §8; Jiang et al. 2020).
+
+    Args:
+        model: the trained model.
+        initial_weights: `capture_initial_weights(model)` or ``model.get_weights()`` taken
+            before training (`initial_kernels`).
+
+    Returns:
+        The squared distance (float64, computed in log space), or NaN with a `CNAWarning`
+        when ``initial_weights`` is None.
+
+    Raises:
+        ValueError: ``initial_weights`` that do not match the model.
+    """
+    initial_weights = initial_kernels(model, initial_weights)
+    if initial_weights is None:
+        _warn("dist_init is NaN: no initial_weights were given (capture them with "
+              "cna_tf.baselines.capture_initial_weights(model) before training)")
+    return _exp(_log_dist_init(kernel_matrices(model), initial_weights))
+
+
+def sum_of_fro(model: keras.Model) -> float:
+    """d · (Π_l ‖W_l‖_F²)^(1/d) over the d matrices of SPEC §2 (SPEC §8; Jiang et al. 2020),
+    float64, computed in log space."""
+    mats = kernel_matrices(model)
+    return _exp(_log_sum_of_fro(mats, _log_products(mats)[0]))
+
 
 def l2_raw(model: keras.Model) -> float:
     """Π_l ‖W_l‖_F over all matrices (SPEC §2), float64, computed in log space."""
@@ -597,8 +652,11 @@ def compute(model: keras.Model, margin: float, initial_weights: InitialWeights =
     Returns:
         dict of Python floats (float64 natural scale, ``inf`` only beyond float64): ``l2``,
         ``spectral``, ``l2_path``, ``bound_2018``, ``l2_raw``, ``spectral_raw``,
-        ``l2_path_raw``. The normalized measures are NaN, with a `CNAWarning` naming the reason,
-        when the margin is <= 0 or not finite; the raw products are returned regardless.
+        ``l2_path_raw``, and SPEC §8's ``dist_init`` and ``sum_of_fro`` (`BASELINE_KEYS`).
+        The normalized measures are NaN, with a `CNAWarning` naming the reason, when the
+        margin is <= 0 or not finite; the raw products, ``dist_init`` and ``sum_of_fro`` do not
+        use the margin and are returned regardless. ``dist_init`` is NaN (with a `CNAWarning`)
+        without ``initial_weights``.
 
     Raises:
         cna_tf.UntraceableModelError: a subclassed or unbuilt model.
@@ -611,6 +669,9 @@ def compute(model: keras.Model, margin: float, initial_weights: InitialWeights =
     mats = kernel_matrices(model)
     log_l2, log_spec, log_sig = _log_products(mats)
     log_path = _log_path(model)
+    if initial_weights is None:
+        _warn("dist_init is NaN: no initial_weights were given (capture them with "
+              "cna_tf.baselines.capture_initial_weights(model) before training)")
     if reason is None:
         bound = _exp(_log_bound(mats, log_sig, log_gamma, initial_weights, train_size))
     else:
@@ -623,4 +684,6 @@ def compute(model: keras.Model, margin: float, initial_weights: InitialWeights =
         "l2_raw": _exp(log_l2),
         "spectral_raw": _exp(log_spec),
         "l2_path_raw": _exp(log_path),
+        "dist_init": _exp(_log_dist_init(mats, initial_weights)),
+        "sum_of_fro": _exp(_log_sum_of_fro(mats, log_l2)),
     }

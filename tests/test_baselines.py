@@ -11,7 +11,8 @@ import cna_tf
 from cna_tf import baselines as B
 from cna_tf.measures import CNAWarning
 
-KEYS = {"l2", "spectral", "l2_path", "bound_2018", "l2_raw", "spectral_raw", "l2_path_raw"}
+KEYS = {"l2", "spectral", "l2_path", "bound_2018", "l2_raw", "spectral_raw", "l2_path_raw",
+        "dist_init", "sum_of_fro"}  # SPEC §2 and §8
 
 
 def _set(layer, *arrays):
@@ -293,7 +294,8 @@ def test_missing_initial_weights_or_train_size_gives_nan_and_warning(rng):
     with pytest.warns(CNAWarning, match="initial_weights"):
         res = B.compute(model, 0.5, train_size=100)
     assert math.isnan(res["bound_2018"])
-    assert all(math.isfinite(res[k]) for k in KEYS - {"bound_2018"})
+    assert math.isnan(res["dist_init"])  # SPEC §8: NaN without initial weights
+    assert all(math.isfinite(res[k]) for k in KEYS - {"bound_2018", "dist_init"})
     with pytest.warns(CNAWarning, match="train_size"):
         res = B.compute(model, 0.5, initial_weights=B.capture_initial_weights(model))
     assert math.isnan(res["bound_2018"])
