@@ -7,9 +7,11 @@ that FINISHED are skipped, runs left RUNNING by a killed grid are marked KILLED,
 killed cells are trained again in their own run (resumed from the cell's backup when one exists,
 otherwise the old run is deleted and a new one started), so no cell is ever recorded twice.
 
-Backends: ``local`` (``train.py`` subprocesses on this machine), ``ray`` (the same ``train.py``
-command as a Ray task per cell, on a local Ray runtime or a cluster; see docs/scaling.md) and
-``kubernetes`` (MLflow Projects' kubernetes backend).
+This module keeps that bookkeeping (the parent run, the plan, each cell's run opened and closed);
+how a cell's ``train.py`` runs is an executor's (`executors.py`): ``local`` (``train.py``
+subprocesses on this machine), ``ray`` (the same ``train.py`` command as a Ray task per cell, on
+a local Ray runtime or a cluster; see docs/scaling.md) and ``kubernetes`` (MLflow Projects'
+kubernetes backend).
 
     python pipelines/grid.py --config demo --workers 2
     python pipelines/grid.py --config demo --backend ray                      # local Ray runtime
@@ -21,29 +23,24 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backup import has_backup  # noqa: E402
-from cells import cell_key, cli_args, load_config  # noqa: E402
+from cells import ConfigError, cell_key, cli_args, load_config  # noqa: E402
+from executors import (FORWARD_ENV, KubernetesExecutor, LocalExecutor, RayExecutor,  # noqa: E402
+                       require_ray)
 from params import declared, log_launch, log_resolved, parse_float, parse_int  # noqa: E402
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-TRAIN = Path(__file__).resolve().parent / "train.py"
-TAG = "cna_tf."
+from cna_tf.tracking import TAG_PREFIX as TAG  # noqa: E402
+
 BACKENDS = ("local", "kubernetes", "ray")
 
 
@@ -61,12 +58,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     "cna_tf-<config>)")
     ap.add_argument("--backup_root", default="",
                     help="where cells keep resume state (default .cna_backup)")
-    ap.add_argument("--max_cells", type=parse_int, default=0, help="only the first N cells (0: all)")
+    ap.add_argument("--max_cells", type=parse_int, default=0,
+                    help="only the first N cells (0: all)")
     ap.add_argument("--ray_address", default="",
                     help="ray: empty starts a local Ray runtime; 'auto' or 'ray://host:10001' "
                     "(or host:6379 on a cluster node) joins a cluster")
-    ap.add_argument("--ray_cpus_per_cell", type=parse_float, default=1.0, help="ray: CPUs per cell task")
-    ap.add_argument("--ray_gpus_per_cell", type=parse_float, default=0.0, help="ray: GPUs per cell task")
+    ap.add_argument("--ray_cpus_per_cell", type=parse_float, default=1.0,
+                    help="ray: CPUs per cell task")
+    ap.add_argument("--ray_gpus_per_cell", type=parse_float, default=0.0,
+                    help="ray: GPUs per cell task")
     ap.add_argument("--ray_max_retries", type=parse_int, default=3,
                     help="ray: times Ray retries a cell whose worker process or node died (a "
                     "training failure, i.e. train.py exiting non-zero, is never retried)")
@@ -110,126 +110,6 @@ def label(p: Dict[str, Any]) -> str:
             f"seed={p['seed']}{extra}")
 
 
-# -- the train step of a cell: what the local backend runs in a thread and a Ray task on a worker --
-# Driver environment variables a cell's train.py gets on a Ray worker too (the local backend
-# passes the whole environment): tracking (URI, credentials, S3 endpoint), data, Keras, TF.
-FORWARD_ENV = ("MLFLOW_", "CNA_TF_", "KERAS_", "TF_")
-LOG_LIMIT = 10_000_000  # characters of a cell's log kept (its end)
-INSTALL_RAY = 'pip install "cna_tf[ray]"'
-
-
-def run_train(args: List[str], env: Dict[str, str], project_dir: str,
-              lock_path: str = "") -> Dict[str, Any]:
-    """Runs ``python pipelines/train.py ARGS`` to its end; this process's environment plus env.
-
-    The local backend calls this in a thread, the ray backend as a Ray task on a worker (with
-    the worker's Python). A non-zero exit (a failed training) is a result, returned and never
-    raised, so Ray retries only a task whose worker process or node died.
-
-    A killed worker must leave no training behind to race its retry on the same run and
-    backup: on Linux train.py gets SIGKILL when the process that started it dies
-    (PR_SET_PDEATHSIG); and train.py inherits an exclusive lock on ``lock_path`` (the cell's),
-    so an attempt that finds it held waits for the earlier train.py to end, and does not train
-    a cell that train.py finished (``MLFLOW_RUN_ID`` FINISHED) again.
-
-    Returns:
-        ``rc`` (the exit code), ``log`` (train.py's output, its last LOG_LIMIT characters),
-        ``seconds``, ``host`` and ``pid`` (of the process that ran it).
-    """
-    project = _find_project(project_dir)
-    t = time.time()
-    fd, waited = _lock(lock_path)
-    try:
-        if waited is not None and _finished(env):
-            return {"rc": 0, "log": f"waited {waited:.0f}s for the cell's earlier train.py (its "
-                    "worker had died); it finished the run: not trained again\n",
-                    "seconds": time.time() - t, "host": socket.gethostname(),
-                    "pid": os.getpid()}
-        with tempfile.TemporaryDirectory() as d:
-            log = Path(d) / "train.log"
-            with open(log, "w") as f:
-                rc = subprocess.call(
-                    [sys.executable, str(project / "pipelines" / "train.py"), *args],
-                    stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, **env),
-                    cwd=str(project), preexec_fn=_die_with_parent(),
-                    pass_fds=() if fd is None else (fd,))
-            text = log.read_text(errors="replace")
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return {"rc": rc, "log": text[-LOG_LIMIT:], "seconds": time.time() - t,
-            "host": socket.gethostname(), "pid": os.getpid()}
-
-
-def _lock(path: str) -> Tuple[Optional[int], Optional[float]]:
-    """An exclusive flock on path: (its fd, seconds waited or None if it was free at once)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return None, None
-    if not path:
-        return None, None
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd, None
-    except BlockingIOError:
-        t = time.time()
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd, time.time() - t
-
-
-def _finished(env: Dict[str, str]) -> bool:
-    import mlflow
-
-    client = mlflow.MlflowClient(env.get("MLFLOW_TRACKING_URI"))
-    return client.get_run(env["MLFLOW_RUN_ID"]).info.status == "FINISHED"
-
-
-def _find_project(hint: str) -> Path:
-    """The project checkout here: $CNA_TF_PROJECT_DIR, the driver's path, or the working dir."""
-    places = [os.environ.get("CNA_TF_PROJECT_DIR", ""), hint, os.getcwd()]
-    for place in places:
-        if place and (Path(place) / "pipelines" / "train.py").is_file():
-            return Path(place)
-    raise FileNotFoundError(
-        f"pipelines/train.py not found on {socket.gethostname()} (looked in "
-        f"{', '.join(repr(p) for p in places if p)}): a Ray worker needs the project checkout at "
-        "the driver's path or at $CNA_TF_PROJECT_DIR (see docs/scaling.md)")
-
-
-def _die_with_parent():
-    """A preexec function giving the child SIGKILL when its parent dies (Linux), else None.
-
-    Built where it runs (ctypes objects do not travel to a Ray worker).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the line above
-            os._exit(1)
-    return preexec
-
-
-def _require_ray():
-    try:
-        import ray
-    except ImportError as e:
-        raise SystemExit(f"backend ray needs Ray, an optional dependency: {INSTALL_RAY} (in a "
-                         f'checkout: pip install -e ".[ray]"). ({type(e).__name__}: {e})') from None
-    return ray
-
-
 class Grid:
     """One grid run: finds or creates the parent run and the cells' child runs, runs the cells."""
 
@@ -237,17 +117,26 @@ class Grid:
                  backup_root: Path, backend: str = "local", backend_config: str = "",
                  ray_address: str = "", ray_cpus_per_cell: float = 1.0,
                  ray_gpus_per_cell: float = 0.0, ray_max_retries: int = 3):
+        """Checks the backend's arguments and finds (or makes) the grid's experiment.
+
+        Raises:
+            ValueError: an unknown backend, kubernetes without ``backend_config``, ray without
+                Ray installed or with negative resources; the message names the fix.
+        """
         import mlflow
 
         if backend not in BACKENDS:
-            raise SystemExit(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+            raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
         if backend == "kubernetes" and not backend_config:
-            raise SystemExit("backend kubernetes needs --backend_config (MLflow's kubernetes "
+            raise ValueError("backend kubernetes needs --backend_config (MLflow's kubernetes "
                              "backend JSON: kube-context, repository-uri, kube-job-template-path)")
         if backend == "ray":
-            _require_ray()
+            try:
+                require_ray()
+            except ImportError as e:
+                raise ValueError(str(e)) from None
             if ray_cpus_per_cell < 0 or ray_gpus_per_cell < 0 or ray_max_retries < -1:
-                raise SystemExit("ray_cpus_per_cell and ray_gpus_per_cell must be >= 0, "
+                raise ValueError("ray_cpus_per_cell and ray_gpus_per_cell must be >= 0, "
                                  "ray_max_retries >= 0 (or -1: retry forever)")
         self.ray_address = (ray_address or "").strip()
         self.ray_cpus, self.ray_gpus = float(ray_cpus_per_cell), float(ray_gpus_per_cell)
@@ -405,171 +294,67 @@ class Grid:
                 self.client.log_artifact(run_id, str(path), "logs")
         return status
 
-    def run_cell(self, p: Dict[str, Any], resume: Optional[str]) -> Tuple[str, str]:
-        """Trains one cell to the end in a subprocess here; returns (run id, final status)."""
+    def executor(self, workers: int) -> Union[LocalExecutor, RayExecutor]:
+        """The backend's executor (`executors.py`), for ``workers`` cells at a time."""
+        if self.backend == "ray":
+            return RayExecutor(self.ray_address, self.ray_cpus, self.ray_gpus,
+                               self.ray_max_retries, workers, self.tracking_uri)
         if self.backend == "kubernetes":
-            return self._run_cell_kubernetes(p)
-        run_id = self.open_cell(p, resume)
-        args, env = self.train_spec(p, run_id)
-        out = run_train(args, env, str(PROJECT_DIR), self.lock_path(p))
-        return run_id, self.close_cell(run_id, out["rc"], out["log"])
-
-    def _run_cell_kubernetes(self, p: Dict[str, Any]) -> Tuple[str, str]:
-        """One cell as a Kubernetes job through MLflow Projects (the job tags itself a child)."""
-        import mlflow.projects
-
-        key = cell_key(p)
-        params = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in p.items()}
-        params.update(cell_key=key, parent_run_id=self.parent_id)
-        submitted = mlflow.projects.run(
-            str(PROJECT_DIR / "k8s"), entry_point="train", parameters=params,
-            backend="kubernetes",
-            backend_config=self.backend_config, experiment_id=self.experiment_id,
-            synchronous=False)
-        submitted.wait()
-        return submitted.run_id, submitted.get_status()
+            return KubernetesExecutor(self.backend_config, workers)
+        return LocalExecutor(workers)
 
     def run(self, workers: int = 2) -> Dict[str, int]:
-        """Runs the remaining cells; returns counts of finished and failed cells."""
+        """Runs the remaining cells; returns counts of finished and failed cells.
+
+        Raises:
+            ConnectionError: backend ray could not reach or start Ray (before any run is made).
+        """
         import mlflow
 
-        ray = self._ray_connect(workers) if self.backend == "ray" else None  # before any run
-        try:
+        failed: List[str] = []
+        with self.executor(workers) as executor:  # ray connects here, before any run
             self.open_parent()
             todo, done = self.plan()
             progress = Progress(len(self.cells), done)
             if done:
                 print(f"{done} of {len(self.cells)} cells already finished: skipped", flush=True)
-            if ray is not None:
-                failed = self._run_ray(ray, todo, progress)
-            else:
-                failed = self._run_threads(todo, workers, progress)
-        finally:
-            if ray is not None:
-                ray.shutdown()
+
+            def cell_done(p: Dict[str, Any], run_id: str, status: str, seconds: float) -> None:
+                if status != "FINISHED":
+                    failed.append(f"{label(p)} ({run_id}): {status}")
+                progress.finished(label(p), status.split()[0], seconds)
+
+            executor.run(self, todo, cell_done)
         counts = {"cells_finished": len(self.cells) - len(failed), "cells_failed": len(failed)}
         mlflow.log_metrics(counts)
         if failed:
             print("failed cells (re-run the grid to retry them):\n  " + "\n  ".join(failed))
         return counts
 
-    def _run_threads(self, todo, workers: int, progress: Progress) -> List[str]:
-        """local and kubernetes: ``workers`` cells at a time, each waited on by a thread."""
-        failed: List[str] = []
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = {pool.submit(self._timed, p, resume): p for p, resume in todo}
-            for fut in as_completed(futures):
-                p = futures[fut]
-                try:
-                    run_id, status, seconds = fut.result()
-                except Exception as e:  # noqa: BLE001 - one cell's error must not stop the grid
-                    run_id, status, seconds = "-", f"ERROR {type(e).__name__}: {e}", 0.0
-                if status != "FINISHED":
-                    failed.append(f"{label(p)} ({run_id}): {status}")
-                progress.finished(label(p), status.split()[0], seconds)
-        return failed
-
-    def _ray_connect(self, workers: int):
-        """Joins the Ray cluster at ray_address, or starts a local runtime for `workers` cells."""
-        ray = _require_ray()
-        try:
-            if self.ray_address:
-                ray.init(address=self.ray_address, logging_level="WARNING",
-                         configure_logging=True)
-                where = f"Ray cluster at {self.ray_address}"
-            else:
-                cpus = max(1, math.ceil(max(1, workers) * self.ray_cpus))  # `workers` cells
-                ray.init(address="local", num_cpus=cpus,
-                         include_dashboard=False, logging_level="WARNING",
-                         configure_logging=True)
-                where = "a local Ray runtime"
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise SystemExit(
-                f"ray: cannot connect to {self.ray_address or 'a new local runtime'}: "
-                f"{type(e).__name__}: {e}\n(a cluster with token authentication needs "
-                "RAY_AUTH_MODE=token and its token, in RAY_AUTH_TOKEN or ~/.ray/auth_token)"
-            ) from None
-        res = ray.cluster_resources()
-        print(f"ray: {where}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; per cell "
-              f"{self.ray_cpus:g} CPU, {self.ray_gpus:g} GPU, max_retries {self.ray_max_retries}",
-              flush=True)
-        if self.ray_gpus and not res.get("GPU"):
-            print("ray: warning: cells ask for GPUs and the cluster has none now; they wait "
-                  "until an autoscaler adds GPU nodes", flush=True)
-        if self.tracking_uri.startswith(("sqlite:", "file:", "/")) \
-                and self.ray_address.startswith("ray://"):
-            print(f"ray: warning: tracking URI {self.tracking_uri} is local to this machine; "
-                  "workers on other nodes need a tracking server (docs/scaling.md)", flush=True)
-        return ray
-
-    def _run_ray(self, ray, todo, progress: Progress) -> List[str]:
-        """ray: every cell a Ray task running :func:`run_train` with declared CPUs and GPUs.
-
-        The driver creates each cell's child run once, before submitting it (SCHEDULED until
-        train.py starts it); a task only runs train.py with that run's id, so a task Ray retries
-        after its worker died resumes the same run from the cell's backup and never makes a
-        second one. Cells finish in any order; ``ray.wait`` reports each as it does.
-        """
-        module = sys.modules[run_train.__module__]
-        if module.__name__ != "__main__":  # imported (tests): send the code, not its name
-            ray.cloudpickle.register_pickle_by_value(module)
-        task = ray.remote(run_train).options(
-            num_cpus=self.ray_cpus, num_gpus=self.ray_gpus,
-            max_retries=self.ray_max_retries, retry_exceptions=False,
-            name="cna_tf-cell")
-        pending: Dict[Any, Tuple[Dict[str, Any], str, float]] = {}
-        for p, resume in todo:
-            run_id = self.open_cell(p, resume, status="SCHEDULED")
-            args, env = self.train_spec(p, run_id)
-            ref = task.remote(args, env, str(PROJECT_DIR), self.lock_path(p))
-            pending[ref] = (p, run_id, time.time())
-        failed: List[str] = []
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                p, run_id, submitted = pending.pop(ref)
-                try:
-                    out = ray.get(ref)
-                    rc, log, seconds = out["rc"], out["log"], out["seconds"]
-                except Exception as e:  # noqa: BLE001 - the task raised, or was lost
-                    # an error in run_train (FAILED), or its worker/node lost for good,
-                    # retries used up (KILLED)
-                    rc = 1 if isinstance(e, ray.exceptions.RayTaskError) else None
-                    seconds = time.time() - submitted
-                    log = (f"ray task of cell {cell_key(p)} failed ({self.ray_max_retries} "
-                           f"retries for a lost worker): {type(e).__name__}: "
-                           + " ".join(str(e).split())[:2000])
-                try:
-                    status = self.close_cell(run_id, rc, log)
-                except Exception as e:  # noqa: BLE001 - one cell's error must not stop the grid
-                    status = f"ERROR {type(e).__name__}: {e}"
-                if status != "FINISHED":
-                    failed.append(f"{label(p)} ({run_id}): {status}")
-                progress.finished(label(p), status.split()[0], seconds)
-        return failed
-
-    def _timed(self, p, resume):
-        t = time.time()
-        run_id, status = self.run_cell(p, resume)
-        return run_id, status, time.time() - t
-
 
 def main(argv: Optional[List[str]] = None) -> str:
+    """Runs the grid step; a bad config or backend, or an unreachable Ray, exits with one line."""
     import mlflow
 
     args = parse_args(argv)
-    name, cells = load_config(args.config)
-    if args.max_cells:
-        cells = cells[:args.max_cells]
-    backup_root = Path(args.backup_root or os.environ.get("CNA_TF_BACKUP_DIR", ".cna_backup"))
-    grid = Grid(name, cells, args.experiment, backup_root.resolve(),
-                args.backend, args.backend_config, ray_address=args.ray_address,
-                ray_cpus_per_cell=args.ray_cpus_per_cell,
-                ray_gpus_per_cell=args.ray_gpus_per_cell, ray_max_retries=args.ray_max_retries)
+    try:
+        name, cells = load_config(args.config)
+        if args.max_cells:
+            cells = cells[:args.max_cells]
+        backup_root = Path(args.backup_root or os.environ.get("CNA_TF_BACKUP_DIR", ".cna_backup"))
+        grid = Grid(name, cells, args.experiment, backup_root.resolve(),
+                    args.backend, args.backend_config, ray_address=args.ray_address,
+                    ray_cpus_per_cell=args.ray_cpus_per_cell,
+                    ray_gpus_per_cell=args.ray_gpus_per_cell,
+                    ray_max_retries=args.ray_max_retries)
+    except (ConfigError, ValueError) as e:
+        raise SystemExit(f"grid: {e}") from None
     grid.launch = {k: getattr(args, k) for k in declared("grid")}
     t0 = time.time()
     try:
         counts = grid.run(args.workers)
+    except ConnectionError as e:  # ray: nothing was started
+        raise SystemExit(str(e)) from None
     finally:
         if mlflow.active_run() is not None:
             mlflow.end_run()

@@ -113,7 +113,7 @@ def test_mlflow_fills_the_template_into_a_job_that_trains_the_cell(config, monke
     cell = cells.normalize({"arch": "resnet18", "dataset": "cifar10", "width": 0.25,
                             "epochs": 100, "lr": 0.01, **extra})
     key = cells.cell_key(cell)
-    # what grid.py passes for a cell (Grid._run_cell_kubernetes)
+    # what grid.py passes for a cell (executors.KubernetesExecutor)
     params = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in cell.items()}
     params.update(cell_key=key, parent_run_id="0123456789abcdef")
     project = load_project(str(K8S))

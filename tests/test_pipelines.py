@@ -215,9 +215,9 @@ def test_unknown_backend_and_missing_kubernetes_config_are_clear(tmp_path, monke
     import grid as grid_step
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
-    with pytest.raises(SystemExit, match="unknown backend 'slurm'"):
+    with pytest.raises(ValueError, match="unknown backend 'slurm'"):
         grid_step.Grid("x", [], "x", tmp_path, "slurm")
-    with pytest.raises(SystemExit, match="needs --backend_config"):
+    with pytest.raises(ValueError, match="needs --backend_config"):
         grid_step.Grid("x", [], "x", tmp_path, "kubernetes")
 
 

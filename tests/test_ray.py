@@ -278,7 +278,7 @@ def test_ray_backend_without_ray_says_how_to_install(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
-    with pytest.raises(SystemExit, match=r'backend ray needs Ray.*pip install "cna_tf\[ray\]"'):
+    with pytest.raises(ValueError, match=r'backend ray needs Ray.*pip install "cna_tf\[ray\]"'):
         grid_step.Grid("x", [], "x", tmp_path, "ray")
 
 
@@ -396,7 +396,7 @@ def test_a_retry_waits_for_the_earlier_train_py_and_never_retrains_a_finished_ce
 
     import mlflow
 
-    import grid as grid_step
+    import executors
 
     uri = f"sqlite:///{tmp_path}/m.db"
     client = mlflow.MlflowClient(uri)
@@ -407,7 +407,7 @@ def test_a_retry_waits_for_the_earlier_train_py_and_never_retrains_a_finished_ce
     fcntl.flock(held, fcntl.LOCK_EX)  # the orphaned train.py of the killed attempt
     result = {}
     env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": uri}
-    t = threading.Thread(target=lambda: result.update(grid_step.run_train(
+    t = threading.Thread(target=lambda: result.update(executors.run_train(
         ["--epochs", "not-a-number"], env, str(ROOT), str(lock))))
     t.start()
     time.sleep(1.0)
