@@ -49,7 +49,14 @@ TRAIN_PARAMS: Dict[str, Tuple[Callable[[Any], Any], Any, str]] = {
     "data_options": (parse_options, "", "JSON of extra cna_tf.data.load options, e.g. gaussian shape"),
     "max_samples": (parse_int, 2000, "samples per split of the per-epoch CNA"),
     "full_max_samples": (parse_int, 0, "samples per split of a full snapshot (0: all)"),
+    "stop_loss": (parse_float, 0.0, "stop once an epoch's training cross-entropy is <= this "
+                  "(Jiang et al. 2020's rule, e.g. 0.01; epochs is then the maximum; 0: off)"),
+    "flatness": (parse_bool, False, "compute the SPEC §8 flatness measures at the final "
+                 "snapshot (costly: minutes per network) and log them with their time"),
 }
+# Train parameters added after cell keys were first recorded: hashed only when set to something
+# other than their default, so the cells of existing grids keep their keys (and stay finished).
+KEY_IF_SET = ("stop_loss", "flatness")
 # Parameters that do not change the network or its metrics: not part of the cell key.
 RUN_ONLY_PARAMS = {
     "save_model": (parse_bool, False, "log the trained model as a .keras artifact"),
@@ -87,6 +94,8 @@ def normalize(params: Mapping[str, Any], defaults: Mapping[str, Any] = None) -> 
     _check_names(out)
     if out["augment"] not in ("auto", "true", "false"):
         raise ConfigError(f"augment must be auto, true or false, got {out['augment']!r}")
+    if not out["stop_loss"] >= 0:
+        raise ConfigError(f"stop_loss must be >= 0 (0: off), got {out['stop_loss']!r}")
     return out
 
 
@@ -110,7 +119,9 @@ def _check_names(p: Dict[str, Any]) -> None:
 def cell_key(params: Mapping[str, Any]) -> str:
     """Deterministic 16-hex key of a cell: a hash of its normalized network parameters."""
     p = normalize(params)
-    blob = json.dumps({k: p[k] for k in TRAIN_PARAMS}, sort_keys=True, separators=(",", ":"))
+    keyed = {k: p[k] for k in TRAIN_PARAMS
+             if k not in KEY_IF_SET or p[k] != TRAIN_PARAMS[k][1]}
+    blob = json.dumps(keyed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -65,6 +65,48 @@ class FailOnNaN(keras.callbacks.Callback):
                 f"{batch + 1}: lower the learning rate or check the inputs")
 
 
+class StopAtLoss(keras.callbacks.Callback):
+    """Jiang et al. 2020's stopping rule: stop once an epoch's training cross-entropy (the
+    ``loss`` Keras reports for the epoch, the mean over its batches) is <= ``threshold``.
+
+    `cna_tf.CNACallback` measures the final snapshot at the epoch training stopped.
+    """
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.threshold = float(threshold)
+        self.stopped_epoch: Optional[int] = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and float(loss) <= self.threshold:
+            self.model.stop_training = True
+            self.stopped_epoch = epoch + 1
+
+
+def log_flatness(model, x, y, seed: int, step: int) -> Dict[str, float]:
+    """SPEC §8's flatness measures of the trained model, logged at the final snapshot's step.
+
+    Logs the three measures, σ′/α′ (`cna_tf.flatness.compute`'s six values), each search's
+    time (``<measure>_seconds``) and the total (``flatness_seconds``); returns them.
+    """
+    import mlflow
+
+    from cna_tf import flatness
+
+    t0 = time.time()
+    values: Dict[str, float] = {}
+    for name, r in flatness.search(model, x, y, seed=seed).items():
+        values[name] = float(r.flatness)
+        values[r.parameter] = float(r.value)
+        values[f"{name}_seconds"] = float(r.seconds)
+    values["flatness_seconds"] = time.time() - t0
+    mlflow.log_metrics(values, step=step)
+    print(f"flatness at epoch {step} in {values['flatness_seconds']:.1f}s: "
+          + ", ".join(f"{k}={values[k]:.4g}" for k in flatness.MEASURES), flush=True)
+    return values
+
+
 class EpochLogger(keras.callbacks.Callback):
     """Logs Keras' own per-epoch values (loss, accuracy) to MLflow at step = epochs done."""
 
@@ -271,6 +313,9 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> D
     callbacks = [FailOnNaN(), EpochLogger(),
                  keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False,
                                                   double_checkpoint=True), cb]
+    stop = StopAtLoss(p["stop_loss"]) if p["stop_loss"] > 0 else None
+    if stop is not None:
+        callbacks.insert(2, stop)
     if os.environ.get("CNA_TF_KILL_AT_EPOCH"):
         callbacks.insert(-1, KillAt(int(os.environ.pop("CNA_TF_KILL_AT_EPOCH"))))
     if augment:
@@ -284,9 +329,14 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> D
     except Exception as e:
         mlflow.set_tag(TAG + "failure", f"{type(e).__name__}: {e}"[:5000])
         raise
-    final = cb.history[max(cb.history)] if cb.history else {}
+    final = dict(cb.history[max(cb.history)]) if cb.history else {}
     snapshots = sorted(e for e, m in cb.history.items() if "gen_gap" in m)
     mlflow.set_tag(TAG + "snapshots", ",".join(map(str, snapshots)))
+    if stop is not None and stop.stopped_epoch is not None:
+        mlflow.set_tag(TAG + "stopped_at_epoch", str(stop.stopped_epoch))
+    if p["flatness"] and cb.history:
+        x_plain = ds.preprocess(ds.x_train) if augment else x  # un-augmented training inputs
+        final.update(log_flatness(model, x_plain, ds.y_train, p["seed"], max(cb.history)))
     if p["save_model"]:
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "model.keras"
