@@ -3,7 +3,11 @@
 Reads the network instances (SPEC §3: each finished train run at each full snapshot; the final
 one only for shuffled-label runs) of a grid's child runs, or of every train run of an experiment,
 and correlates each metric with ``gen_gap`` and ``loss_gap`` (CNA also with ``test_acc``):
-Pearson, Kendall and granulated Kendall, for All Nets, per architecture and per dataset. Logs a
+Pearson, Kendall and granulated Kendall, for All Nets, per architecture and per dataset, and,
+beside them, PGDL's conditional mutual information with each gap (SPEC §8) on the final snapshots
+(one network per run) wherever they form a complete grid over the hyperparameters the scope
+varies (a note says why where they do not). Ranks the paper's measures, SPEC §8's ``dist_init``
+and ``sum_of_fro``, and the flatness measures when the runs computed them. Logs a
 CSV and a Markdown table, the instances, Fig-8/9-style bar charts and the Fig-7 scatter of CNA
 against test accuracy to the compare run, and prints the Markdown table.
 
@@ -31,10 +35,12 @@ from cna_tf.tracking import TAG_PREFIX as TAG  # noqa: E402
 from cna_tf.tracking import metric_steps  # noqa: E402
 
 METRICS = ("cna_area", "cna_margin", "l2", "l2_path", "spectral", "bound_2018", "margin",
-           "cna_train", "cna_test")
+           "cna_train", "cna_test", "dist_init", "sum_of_fro")
+# SPEC §8's flatness measures: ranked when the runs computed them (train -P flatness=true)
+FLATNESS = ("pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_mag_flatness")
 TARGETS = ("gen_gap", "loss_gap")
 EXTRA_TARGETS = {"cna_train": ["test_acc"], "cna_test": ["test_acc"]}
-READ = METRICS + TARGETS + ("test_acc", "train_acc")
+READ = METRICS + FLATNESS + TARGETS + ("test_acc", "train_acc")
 INSTANCE_AXES = AXES + ("epoch",)
 
 
@@ -82,17 +88,26 @@ def find_runs(client, experiment_ids: Sequence[str], grid_run_id: str = ""):
 
 
 def markdown(rows: List[Dict[str, Any]], target: str) -> str:
-    """Metric x scope table of "Pearson / Kendall / granulated Kendall" for one target."""
+    """Metric x scope table of "Pearson / Kendall / granulated Kendall" for one target, with
+    " / CMI" for a gap (SPEC §8), notes where CMI is not computed and the ranking by CMI."""
     rows = [r for r in rows if r["target"] == target]
     scopes = list(dict.fromkeys(r["scope"] for r in rows))
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     cell = {(r["metric"], r["scope"]): r for r in rows}
+    with_cmi = target in TARGETS
 
     def fmt(v):
         return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
 
-    lines = [f"Correlation with `{target}`: Pearson / Kendall / granulated Kendall "
-             f"(n = instances)", "",
+    def cmi(r):
+        return f" / {_fmt_cmi(r.get('cmi'))}" if with_cmi else ""
+
+    title = (f"Correlation with `{target}`: Pearson / Kendall / granulated Kendall "
+             f"(n = instances)")
+    if with_cmi:
+        title += (" / CMI (PGDL's conditional mutual information, SPEC §8, on the final "
+                  "snapshots: one network per run)")
+    lines = [title, "",
              "| metric | " + " | ".join(f"{s} (n={max(cell[(m, s)]['n'] for m in metrics if (m, s) in cell)})"
                                        for s in scopes) + " |",
              "|---|" + "---|" * len(scopes)]
@@ -100,8 +115,34 @@ def markdown(rows: List[Dict[str, Any]], target: str) -> str:
         vals = [cell.get((m, s)) for s in scopes]
         lines.append(f"| {m} | " + " | ".join(
             "" if r is None else f"{fmt(r['pearson'])} / {fmt(r['kendall'])} / "
-            f"{fmt(r['granulated_kendall'])}" for r in vals) + " |")
+            f"{fmt(r['granulated_kendall'])}{cmi(r)}" for r in vals) + " |")
+    if with_cmi:
+        lines += [""] + _cmi_notes(rows, scopes)
     return "\n".join(lines)
+
+
+def _fmt_cmi(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _cmi_notes(rows: List[Dict[str, Any]], scopes: List[str]) -> List[str]:
+    """Per scope: what CMI was computed over, or why it was not; the ranking by CMI."""
+    out = []
+    for s in scopes:
+        r = next(r for r in rows if r["scope"] == s)
+        if "cmi_n" not in r:  # rows of ranking.correlate alone: no CMI was computed
+            continue
+        if r.get("cmi_note"):
+            out.append(f"- CMI in {s}: not computed: {r['cmi_note']}")
+            continue
+        out.append(f"- CMI in {s}: {r['cmi_n']} final snapshots, a complete grid over "
+                   f"{r['cmi_hparams']}.")
+        ranked = sorted((x for x in rows if x["scope"] == s and not math.isnan(x["cmi"])),
+                        key=lambda x: -x["cmi"])
+        if ranked:
+            out.append("  Ranked by CMI: " + ", ".join(
+                f"{i}. {x['metric']} {_fmt_cmi(x['cmi'])}" for i, x in enumerate(ranked, 1)))
+    return out
 
 
 def to_csv(rows: List[Dict[str, Any]]) -> str:
@@ -116,8 +157,75 @@ def to_csv(rows: List[Dict[str, Any]]) -> str:
 def compare(instances: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     from cna_tf.ranking import correlate
 
-    return correlate(instances, METRICS, TARGETS, INSTANCE_AXES, group_by=("arch", "dataset"),
+    metrics = list(METRICS) + [m for m in FLATNESS
+                               if any(_finite(i.get(m)) for i in instances)]
+    rows = correlate(instances, metrics, TARGETS, INSTANCE_AXES, group_by=("arch", "dataset"),
                      extra_targets=EXTRA_TARGETS)
+    add_cmi(rows, instances)
+    return rows
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def final_snapshots(instances: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One network per run (SPEC §8): the instance of its last snapshot epoch."""
+    last: Dict[Any, Dict[str, Any]] = {}
+    for i in instances:
+        key = i.get("run_id") or id(i)
+        if key not in last or i.get("epoch", 0) > last[key].get("epoch", 0):
+            last[key] = i
+    return list(last.values())
+
+
+def _in_scope(instance: Dict[str, Any], scope: str) -> bool:
+    from cna_tf.ranking import ALL_NETS
+
+    if scope == ALL_NETS:
+        return True
+    col, _, value = scope.partition("=")
+    return str(instance.get(col)) == value
+
+
+def add_cmi(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]]) -> None:
+    """Adds ``cmi`` (PGDL's conditional mutual information with the row's gap, SPEC §8),
+    ``cmi_n``, ``cmi_hparams`` and ``cmi_note`` to every row, in place.
+
+    Per scope: the networks are the runs' final snapshots in it, the hyperparameters the axes
+    that vary among them (seed included when it varies). Where those networks are not a
+    complete grid (every combination once) or vary fewer than two axes, ``cmi`` is NaN and
+    ``cmi_note`` says why. Targets other than the gaps get NaN and no note.
+    """
+    from cna_tf.ranking import conditional_mutual_information, grid_codes
+
+    finals = final_snapshots(instances)
+    per_scope: Dict[str, tuple] = {}
+    for scope in dict.fromkeys(r["scope"] for r in rows):
+        nets = [i for i in finals if _in_scope(i, scope)]
+        axes = [a for a in AXES if len({repr(i.get(a)) for i in nets}) > 1]
+        hparams = {a: [i.get(a) for i in nets] for a in axes}
+        note = ""
+        if len(axes) < 2:
+            note = (f"the {len(nets)} final snapshots vary {len(axes)} hyperparameter(s) "
+                    f"{axes}; CMI conditions on pairs of them and needs at least two")
+        else:
+            try:
+                grid_codes(hparams, len(nets))
+            except ValueError as e:
+                note = str(e)
+        per_scope[scope] = (nets, hparams, note)
+    for r in rows:
+        nets, hparams, note = per_scope[r["scope"]]
+        r.update(cmi=math.nan, cmi_n=len(nets), cmi_hparams=", ".join(hparams), cmi_note="")
+        if r["target"] not in TARGETS:
+            continue
+        if note:
+            r["cmi_note"] = note
+            continue
+        measure = [float(i.get(r["metric"], math.nan)) for i in nets]
+        gap = [float(i.get(r["target"], math.nan)) for i in nets]
+        r["cmi"] = conditional_mutual_information(measure, gap, hparams)
 
 
 def _figures(rows: List[Dict[str, Any]]):
@@ -208,6 +316,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         for r in rows:
             if r["scope"] == "All Nets" and not math.isnan(r["pearson"]):
                 mlflow.log_metric(f"pearson.{r['metric']}.{r['target']}", r["pearson"])
+            if r["scope"] == "All Nets" and not math.isnan(r.get("cmi", math.nan)):
+                mlflow.log_metric(f"cmi.{r['metric']}.{r['target']}", r["cmi"])
     print(f"compare run {run.info.run_id}: {len(runs)} runs, {len(instances)} network "
           f"instances\n\n{tables}", flush=True)
     return rows
