@@ -58,3 +58,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache mlruns mlflow.db .cna_backup
+
+# Mutation testing of the numerical core, by hand, not in CI (config: [tool.mutmut] in
+# pyproject.toml; scores, kept survivors, wall time: docs/testing.md). One child process: CPU-heavy.
+# Mutants go to ./mutants/; `mutmut show <name>` prints one, `mutmut browse` explores them.
+.PHONY: mutate
+mutate: $(STAMP)
+	$(VENV)/bin/mutmut run --max-children 1
+	$(VENV)/bin/mutmut results
