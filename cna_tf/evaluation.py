@@ -225,11 +225,11 @@ def _per_sample(sums: np.ndarray, outputs, labels, keep_outputs: bool = True
     probs, _ = probabilities(outputs, None)
     y = class_indices(labels, n=outputs.shape[0], num_classes=outputs.shape[1])
     rows = np.arange(len(y))
-    d = {"layer_sums": sums, "beta": compute_beta(sums), "labels": y,
-         "correct": probs.argmax(axis=1) == y, "margins": margins(probs, y, from_logits=False),
+    d = {"beta": compute_beta(sums), "correct": probs.argmax(axis=1) == y,
+         "margins": margins(probs, y, from_logits=False),
          "nll": -np.log(np.clip(probs[rows, y], 1e-12, None))}
     if keep_outputs:
-        d["outputs"], d["probs"] = outputs, probs
+        d.update(layer_sums=sums, labels=y, outputs=outputs, probs=probs)
     return d
 
 
@@ -271,12 +271,15 @@ def measure_stream(probe: ActivationProbe, data, name: str = "data",
         preprocess: maps a batch of raw images to model inputs (None: the raw images).
         value_range, bins: of alpha.
         batch_size: forward-pass slice size (default 256).
-        keep_outputs: also keep ``outputs`` and ``probs`` (n, classes).
+        keep_outputs: also keep ``layer_sums`` (n, L), ``labels`` (n,), ``outputs`` and
+            ``probs`` (n, classes); without, about 33 bytes per sample are kept (alpha, beta,
+            margins, nll as float64, correct as bool).
         alpha_values: alpha of every sample from an earlier pass; when given, each batch's alpha
             must match (the stream yields the same samples in the same order).
 
     Returns:
-        The keys of `measure_split` (``outputs`` and ``probs`` only with ``keep_outputs``).
+        The keys of `measure_split` (``layer_sums``, ``labels``, ``outputs`` and ``probs`` only
+        with ``keep_outputs``).
     """
     parts: List[Dict[str, np.ndarray]] = []
     pos = 0
@@ -298,7 +301,8 @@ def measure_stream(probe: ActivationProbe, data, name: str = "data",
         raise ValueError(f"{name}: the stream yielded no samples")
     if alpha_values is not None and pos != len(alpha_values):
         raise _order_changed(name, f"{len(alpha_values)} samples on the first pass, {pos} now")
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    # one key at a time, each batch's piece freed as it is joined: peak ~ the kept values + one
+    return {k: np.concatenate([p.pop(k) for p in parts]) for k in list(parts[0])}
 
 
 def _summary(prefix: str, v: np.ndarray) -> Dict[str, float]:

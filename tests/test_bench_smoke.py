@@ -86,3 +86,24 @@ def test_bench_grid(tmp_path):
     assert all(r["finished"] == 2 and r["failed"] == 0 for r in d["runs"])
     assert positive(d["seconds_1_worker"], d["seconds_2_workers"], d["speedup"])
     assert d["speedup"] == d["seconds_1_worker"] / d["seconds_2_workers"]
+
+
+def test_bench_stream(tmp_path):
+    d = run_bench("bench_stream.py", tmp_path)
+    assert [r["n"] for r in d["runs"]] == [1200, 6000]
+    for r in d["runs"]:
+        assert positive(r["rss_before_mb"], r["peak_rss_mb"], r["seconds"], r["batch_size"])
+        assert r["peak_rss_mb"] >= r["rss_before_mb"]
+        assert r["dataset_uint8_mb"] == pytest.approx(r["n"] * 3072 / 2**20)
+        assert math.isfinite(r["cna_train"]) and r["alpha_train_mean"] > 0
+    assert math.isfinite(d["bytes_per_image_growth"]) and d["peak_fraction_of_dataset"] > 0
+
+
+def test_bench_layer_outputs(tmp_path):
+    d = run_bench("bench_layer_outputs.py", tmp_path)
+    assert [c["model"] for c in d["cases"]] == ["mlp", "resnet18"]
+    for c in d["cases"]:
+        assert positive(c["seconds"]["layer_outputs"], c["seconds"]["per_layer_submodels"],
+                        c["seconds"]["one_submodel"], c["ratio_per_layer_to_layer_outputs"],
+                        c["n"], c["layers"])
+        assert c["max_abs_diff"] <= 1e-3
