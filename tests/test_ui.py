@@ -137,3 +137,67 @@ def test_runs_table_lists_the_grid_with_cna_margin_and_l2(tmp_path, browser):
     assert table["grid-ui"][cols[0]] == "-"  # the grid run itself has no metrics
     print(f"server started in {started:.1f}s, whole check {time.time() - t0:.1f}s")
     assert Path(shot).stat().st_size > 10_000
+
+
+TINY_GRID = """name: uigrid
+defaults: {arch: mlp, dataset: digits, width: 0.05, depth: 2, batch_size: 64, epochs: 1,
+           n_train: 200, n_test: 100, max_samples: 100}
+cells:
+  - {seed: [0, 1]}
+"""
+
+
+@pytest.mark.slow
+def test_ui_shows_the_grid_and_cells_by_name_and_the_ranking_as_description(tmp_path, browser):
+    """A real grid and compare (pipelines/grid.py, compare.py): names and Description in the UI."""
+    import subprocess
+    import sys
+
+    import mlflow
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root = Path(__file__).resolve().parent.parent
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = tmp_path / "uigrid.yaml"
+    config.write_text(TINY_GRID)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=store, CNA_TF_BACKUP_DIR=str(tmp_path / "bk"),
+               TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("MLFLOW_RUN_ID", None)
+    for step in (["grid.py", "--config", str(config), "--workers", "2"],
+                 ["compare.py", "--experiment", "cna_tf-uigrid"]):
+        proc = subprocess.run([sys.executable, str(root / "pipelines" / step[0]), *step[1:]],
+                              env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        if step[0] == "grid.py":
+            progress = proc.stdout
+    client = mlflow.MlflowClient(store)
+    exp = client.get_experiment_by_name("cna_tf-uigrid")
+    compare_run = client.search_runs([exp.experiment_id], "tags.`cna_tf.role` = 'compare'")[0]
+    labels = {r.info.run_name for r in client.search_runs(
+        [exp.experiment_id], "tags.`cna_tf.role` = 'train'")}
+    assert len(labels) == 2 and all(f"FINISHED {name} (" in progress for name in labels)
+    shots = artifacts_dir("ui")
+    with mlflow_server(store, tmp_path / "artifacts", workers=1) as url:
+        driver, wait = browser, WebDriverWait(browser, 90, poll_frequency=0.25)
+        try:
+            driver.get(f"{url}/#/experiments/{exp.experiment_id}/runs")
+            wait.until(lambda d: {"grid-uigrid", "compare-uigrid"} <= set(_table(d)))
+            for close in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
+                if close.is_displayed():
+                    close.click()
+            for row in driver.find_elements(By.CSS_SELECTOR, ".ag-row"):
+                if "grid-uigrid" in row.text:
+                    row.find_element(By.CSS_SELECTOR,
+                                     "[col-id='attributes.`Run Name`'] button").click()
+                    break
+            wait.until(lambda d: labels <= set(_table(d)))
+            driver.save_screenshot(str(shots / "mlflow_grid_names.png"))
+            driver.get(f"{url}/#/experiments/{exp.experiment_id}/runs/"
+                       f"{compare_run.info.run_id}")
+            wait.until(lambda d: "Correlation with" in d.find_element(By.TAG_NAME, "body").text)
+            body = driver.find_element(By.TAG_NAME, "body").text
+        finally:
+            driver.save_screenshot(str(shots / "mlflow_compare_description.png"))
+    assert "cna_margin" in body and "gen_gap" in body
+    assert (shots / "mlflow_grid_names.png").stat().st_size > 10_000

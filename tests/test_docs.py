@@ -1,0 +1,344 @@
+"""Docs are tests: every command README.md and docs/*.md show runs here, exactly as written.
+
+The commands are collected from the docs' fenced shell blocks (```bash, sh, shell, console).
+Each one is in exactly one table below:
+
+* ``RUN``: a test runs it as written, in a subprocess with the project's venv first on PATH
+  (as `. .venv/bin/activate` or the make targets set it), through ``mlflow run`` where it is an
+  ``mlflow run`` line, with at most size parameters appended; the tracking store, backups and
+  runs go to a temporary folder.
+* ``CI``: ``.ci/run`` runs it on every clean clone (``make test`` cannot run inside itself).
+* ``NOT_HERE``: it needs what this machine and CI do not have (a Docker engine, a Kubernetes
+  or remote Ray cluster, a PostgreSQL + S3 server on a public interface); each says why and
+  which test covers the part that can run here.
+
+A documented command in no table, or a table entry no doc shows any more, fails
+``test_every_documented_command_is_covered``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHELL_FENCES = ("bash", "sh", "shell", "console")
+
+#: command -> size arguments appended when the test runs it
+RUN: Dict[str, str] = {
+    "make install": "",
+    ". .venv/bin/activate": "",
+    "make ui": "",
+    "make demo-quick": "",
+    "make reproduce": 'PARAMS="-P quick=true -P seeds=1"',
+    "make bench": 'BENCH_ARGS="--quick --out $CNA_TF_DOCS_TMP/bench"',
+    "make test-fast": "TESTS=tests/test_measures.py",
+    "mlflow run . --env-manager local -e grid --experiment-name cna_tf-demo -P config=demo "
+    "-P workers=2": "-P max_cells=2",
+    "mlflow run . --env-manager local -e compare --experiment-name cna_tf-demo": "",
+    "mlflow run . --env-manager local -e compare --experiment-name cna_tf-demo "
+    "-P all_runs=true": "",
+    "mlflow run . --env-manager local -e train -P arch=resnet18 -P dataset=mnist -P width=0.25":
+        "-P epochs=1 -P n_train=256 -P n_test=128 -P max_samples=128 -P batch_size=64",
+    "mlflow run . --env-manager local -e reproduce -P quick=true": "-P seeds=1",
+    "mlflow run . --env-manager local": "-P max_cells=2",
+    "mlflow run . --env-manager local -e grid -P config=demo -P backend=ray": "-P max_cells=2",
+}
+#: commands `.ci/run` runs on every clean clone
+CI = ("make test", "make demo")
+#: command -> why it cannot run here (and what covers the rest)
+NOT_HERE: Dict[str, str] = {
+    'pip install "psycopg[binary]" boto3':
+        "installs packages on a tracking server; psycopg is in requirements.lock and "
+        "tests/test_servers.py runs mlflow server on PostgreSQL",
+    "export MLFLOW_S3_ENDPOINT_URL=http://minio:9000": "sets a variable for an S3 store",
+    "export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...": "credentials for an S3 store",
+    'mlflow server --backend-store-uri postgresql://mlflow:PASSWORD@postgres:5432/mlflow '
+    '--artifacts-destination s3://cna-tf-artifacts --host 0.0.0.0 --port 5000 --workers 4 '
+    '--allowed-hosts "mlflow.example.com,mlflow.cna-tf.svc,mlflow.cna-tf.svc:5000"':
+        "needs a PostgreSQL host and an S3 bucket and binds every interface; "
+        "tests/test_servers.py runs the same server on a local PostgreSQL at 127.0.0.1",
+    "mlflow run . -e grid -P config=paper -P backend=kubernetes "
+    "-P backend_config=k8s/backend_config.json -P workers=16":
+        "needs a Kubernetes cluster; tests/test_k8s.py checks the backend config, job template "
+        "and docker_env project with MLflow's own code",
+    'docker build --build-arg TENSORFLOW="tensorflow[and-cuda]" '
+    "-t registry.example.com/cna-tf/cna-tf:latest .":
+        "needs a Docker engine (none runs on this machine or in CI)",
+    "docker push registry.example.com/cna-tf/cna-tf:latest": "needs a Docker engine and a registry",
+    "export MLFLOW_TRACKING_URI=https://mlflow.example.com": "sets a variable for a remote server",
+    "export KUBE_MLFLOW_TRACKING_URI=http://mlflow.cna-tf.svc:5000":
+        "sets a variable for a Kubernetes cluster",
+    "python pipelines/grid.py --config demo --backend ray --ray_address auto":
+        "joins the Ray cluster of the node it runs on; tests/test_ray.py runs the grid against "
+        "a real `ray start --head` on 127.0.0.1",
+    "mlflow run . --env-manager local -e grid -P config=paper -P backend=ray "
+    "-P ray_address=ray://<head>:10001 -P ray_gpus_per_cell=1":
+        "needs a remote Ray cluster with GPUs and the paper's datasets",
+    "kubectl -n cna-tf exec -it <head pod> -- bash": "needs a Kubernetes cluster",
+    "cd /app": "a folder inside the Ray head's container",
+    "mlflow run . --env-manager local -e grid -P config=paper -P backend=ray "
+    "-P ray_address=ray://cna-tf-head-svc:10001 -P ray_gpus_per_cell=1":
+        "runs inside a Ray cluster on Kubernetes",
+}
+
+
+def _strip_comment(line: str) -> str:
+    """The line without a trailing ``# comment`` (a ``#`` outside quotes, after a space)."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip()
+    return line.rstrip()
+
+
+def documented_commands() -> List[Tuple[str, str]]:
+    """(doc file, command) of every command in the docs' fenced shell blocks, in order."""
+    out = []
+    fence = re.compile(r"^[ \t]*```(\w*)[ \t]*\n(.*?)^[ \t]*```", re.S | re.M)
+    for doc in DOCS:
+        for m in fence.finditer(doc.read_text()):
+            if m.group(1) not in SHELL_FENCES:
+                continue
+            pending = ""
+            for raw in m.group(2).splitlines():
+                line = _strip_comment(raw.strip())
+                if line.startswith("$ "):
+                    line = line[2:]
+                if line.endswith("\\"):
+                    pending += line[:-1].strip() + " "
+                    continue
+                command = (pending + line).strip()
+                pending = ""
+                if command:
+                    out.append((str(doc.relative_to(ROOT)), " ".join(command.split())))
+    return out
+
+
+def test_the_collector_joins_lines_and_drops_comments(tmp_path, monkeypatch):
+    doc = tmp_path / "x.md"
+    doc.write_text("text\n```bash\nmake demo   # a comment\nmlflow run . \\\n    -P a='x # y'\n"
+                   "```\n```python\nprint(1)\n```\n   ```sh\n   $ make ui\n   ```\n")
+    monkeypatch.setattr(sys.modules[__name__], "DOCS", [doc])
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert documented_commands() == [("x.md", "make demo"), ("x.md", "mlflow run . -P a='x # y'"),
+                                     ("x.md", "make ui")]
+
+
+def test_every_documented_command_is_covered():
+    documented = {c for _, c in documented_commands()}
+    tables = [set(RUN), set(CI), set(NOT_HERE)]
+    assert not (tables[0] & tables[1] or tables[0] & tables[2] or tables[1] & tables[2])
+    covered = set().union(*tables)
+    missing = sorted(documented - covered)
+    assert not missing, ("documented commands no test runs (add each to RUN with its size "
+                         f"parameters, or to NOT_HERE with why): {missing}")
+    stale = sorted(covered - documented)
+    assert not stale, f"tables name commands no doc shows any more: {stale}"
+
+
+def test_ci_runs_the_readme_commands_in_order():
+    lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+             if ln.strip() and not ln.strip().startswith("#")]
+    ran = [ln for ln in lines if ln in CI]
+    assert ran == list(CI), f".ci/run must run {CI} in this order, runs {ran}"
+
+
+# -- running them ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One tracking store and backup folder for the module's commands (compare reads the grid's)."""
+    d = tmp_path_factory.mktemp("docs")
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+               MLFLOW_TRACKING_URI=f"sqlite:///{d}/mlflow.db", CNA_TF_BACKUP_DIR=str(d / "bk"),
+               TF_CPP_MIN_LOG_LEVEL="3", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
+    env["CNA_TF_DOCS_TMP"] = str(d)
+    return d, env
+
+
+def run_documented(command: str, env: Dict[str, str], timeout: int = 900
+                   ) -> subprocess.CompletedProcess:
+    """Runs a documented command as written (plus its size arguments) in the project folder."""
+    line = f"{command} {RUN[command]}".strip()
+    proc = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"`{line}` exited {proc.returncode}:\n" \
+                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def _client(env):
+    import mlflow
+
+    return mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+
+GRID = ("mlflow run . --env-manager local -e grid --experiment-name cna_tf-demo -P config=demo "
+        "-P workers=2")
+
+
+@pytest.fixture(scope="module")
+def demo_grid(store):
+    d, env = store
+    return run_documented(GRID, env)
+
+
+@pytest.mark.slow
+def test_grid_line_names_the_grid_and_its_cells(store, demo_grid):
+    d, env = store
+    assert "[2/2] FINISHED" in demo_grid.stdout
+    client = _client(env)
+    exp = client.get_experiment_by_name("cna_tf-demo")
+    grid = client.search_runs([exp.experiment_id], "tags.`cna_tf.role` = 'grid'")
+    assert len(grid) == 1
+    run = grid[0]
+    assert run.info.run_name == "grid-demo"
+    # what `mlflow run` logged, as given, and what the step resolved: never the same key twice
+    assert run.data.params["config"] == "demo" and run.data.params["max_cells"] == "2"
+    assert run.data.params["resolved.cells"] == "2"
+    assert "resolved.config" not in run.data.params  # the same as given
+    kids = client.search_runs([exp.experiment_id],
+                              f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert len(kids) == 2
+    for kid in kids:
+        assert kid.info.status == "FINISHED"
+        assert kid.info.run_name.startswith("mlp/digits w=") and " seed=" in kid.info.run_name
+        assert kid.info.run_name in demo_grid.stdout  # the progress line's label
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [
+    "mlflow run . --env-manager local -e compare --experiment-name cna_tf-demo",
+    "mlflow run . --env-manager local -e compare --experiment-name cna_tf-demo -P all_runs=true",
+])
+def test_compare_lines_rank_the_grid(store, demo_grid, command):
+    d, env = store
+    proc = run_documented(command, env)
+    assert "Correlation with `gen_gap`" in proc.stdout
+    client = _client(env)
+    exp = client.get_experiment_by_name("cna_tf-demo")
+    runs = client.search_runs([exp.experiment_id], "tags.`cna_tf.role` = 'compare'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    run = runs[0]
+    assert "| cna_margin |" in run.data.tags["mlflow.note.content"]  # the run's Description
+    all_runs = "all_runs=true" in command
+    assert run.data.params["all_runs"] == ("true" if all_runs else "false")
+    grid = client.search_runs([exp.experiment_id], "tags.`cna_tf.role` = 'grid'")[0]
+    assert run.data.params["resolved.grid_run_id"] == ("all" if all_runs else grid.info.run_id)
+    assert run.data.params["grid_run_id"] == "''"  # as mlflow run logged it, never changed
+    assert run.info.run_name == ("compare" if all_runs else "compare-demo")
+
+
+@pytest.mark.slow
+def test_train_line_logs_what_it_was_given(store):
+    d, env = store
+    command = ("mlflow run . --env-manager local -e train -P arch=resnet18 -P dataset=mnist "
+               "-P width=0.25")
+    run_documented(command, env)
+    client = _client(env)
+    run = client.search_runs([client.get_experiment_by_name("Default").experiment_id],
+                             "tags.`cna_tf.role` = 'train' and params.arch = 'resnet18'")[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["arch"] == "resnet18" and run.data.params["epochs"] == "1"
+    assert run.data.tags["cna_tf.n_train"] == "256" and run.data.tags["dataset"] == "mnist"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [
+    "mlflow run . --env-manager local -e reproduce -P quick=true",
+    "make reproduce",
+])
+def test_reproduce_lines_write_the_report(store, command):
+    d, env = store
+    proc = run_documented(command, env)
+    assert "report.md logged" in proc.stdout
+    client = _client(env)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`cna_tf.role` = 'reproduce'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    params = runs[0].data.params
+    assert params["quick"] == "true" and params["epochs"] == "20"  # as given
+    assert params["resolved.epochs"] == "2"                       # what quick trained
+
+
+@pytest.mark.slow
+def test_main_line_runs_grid_then_compare(store):
+    d, env = store
+    proc = run_documented("mlflow run . --env-manager local", env)
+    assert "Correlation with `gen_gap`" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_ray_line_trains_on_a_local_ray_runtime(store):
+    d, env = store  # a store of its own: in the main line's, the same grid is already finished
+    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{d}/ray.db", CNA_TF_BACKUP_DIR=str(d / "rbk"))
+    proc = run_documented("mlflow run . --env-manager local -e grid -P config=demo "
+                          "-P backend=ray", env)
+    assert "a local Ray runtime" in proc.stdout and "[2/2] FINISHED" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["make install", "make demo-quick", "make test-fast",
+                                     "make bench"])
+def test_make_targets(store, command):
+    d, env = store
+    proc = run_documented(command, env, timeout=1800)
+    if command == "make demo-quick":
+        assert "CNA-M" in proc.stdout and "gen_gap" in proc.stdout
+    elif command == "make test-fast":
+        assert re.search(r"\d+ passed", proc.stdout)
+    elif command == "make bench":  # one JSON per script (tests/test_bench_smoke.py reads them)
+        assert len(list((d / "bench").glob("*.json"))) >= 5
+
+
+@pytest.mark.slow
+def test_activating_the_venv_gives_the_project(store):
+    d, env = store
+    env = dict(env, PATH=os.environ.get("PATH", ""))  # the activate script puts the venv first
+    proc = run_documented(". .venv/bin/activate", env)
+    check = subprocess.run(["bash", "-c", ". .venv/bin/activate && python -c 'import cna_tf, "
+                            "keras, mlflow; print(cna_tf.__file__)' && command -v mlflow"],
+                           cwd=ROOT, env=env, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    module, mlflow_cli = check.stdout.split()[-2:]
+    assert Path(module).resolve() == (ROOT / "cna_tf" / "__init__.py").resolve()
+    assert Path(mlflow_cli).resolve() == (ROOT / ".venv" / "bin" / "mlflow").resolve()
+    assert proc.returncode == 0
+
+
+@pytest.mark.slow
+def test_make_ui_serves_the_runs_on_loopback(store):
+    d, env = store
+    proc = subprocess.Popen(["bash", "-c", "make ui"], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, body = time.time() + 120, ""
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:5000/health", timeout=2) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                time.sleep(1)
+        assert body.strip() == "OK", proc.stdout.read() if proc.poll() is not None else body
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
