@@ -8,6 +8,7 @@ Each one is in exactly one table below:
   ``mlflow run`` line, with at most size parameters appended; the tracking store, backups and
   runs go to a temporary folder.
 * ``CI``: ``.ci/run`` runs it on every clean clone (``make test`` cannot run inside itself).
+* ``ELSEWHERE``: another test runs it as written and checks its output (named there).
 * ``NOT_HERE``: it needs what this machine and CI do not have (a Docker engine, a Kubernetes
   or remote Ray cluster, a PostgreSQL + S3 server on a public interface); each says why and
   which test covers the part that can run here.
@@ -57,6 +58,11 @@ RUN: Dict[str, str] = {
 }
 #: commands `.ci/run` runs on every clean clone
 CI = ("make test", "make demo")
+#: command -> the test (file::function) that runs it as written, with its output checked there
+ELSEWHERE: Dict[str, str] = {
+    ".venv/bin/python examples/keras_mnist_convnet.py":
+        "tests/test_docs_keras.py::test_the_documented_command_runs_the_example",
+}
 #: command -> why it cannot run here (and what covers the rest)
 NOT_HERE: Dict[str, str] = {
     'pip install "psycopg[binary]" boto3':
@@ -142,14 +148,17 @@ def test_the_collector_joins_lines_and_drops_comments(tmp_path, monkeypatch):
 
 def test_every_documented_command_is_covered():
     documented = {c for _, c in documented_commands()}
-    tables = [set(RUN), set(CI), set(NOT_HERE)]
-    assert not (tables[0] & tables[1] or tables[0] & tables[2] or tables[1] & tables[2])
+    tables = [set(RUN), set(CI), set(NOT_HERE), set(ELSEWHERE)]
+    assert sum(map(len, tables)) == len(set().union(*tables)), "a command in two tables"
     covered = set().union(*tables)
     missing = sorted(documented - covered)
     assert not missing, ("documented commands no test runs (add each to RUN with its size "
                          f"parameters, or to NOT_HERE with why): {missing}")
     stale = sorted(covered - documented)
     assert not stale, f"tables name commands no doc shows any more: {stale}"
+    for command, where in ELSEWHERE.items():
+        path, function = where.split("::")
+        assert f"def {function}(" in (ROOT / path).read_text(), (command, where)
 
 
 def test_ci_runs_the_readme_commands_in_order():
