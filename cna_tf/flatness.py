@@ -214,17 +214,16 @@ class _Searcher:
     # -- σ: Gaussian noise ------------------------------------------------------------------
     def sigma_deviation(self, sigma: float, magnitude: bool) -> float:
         stream = 1 if magnitude else 0
+        if magnitude:  # sqrt(σ²·w_i² + ε²) per weight
+            stds = [np.sqrt(sigma ** 2 * np.square(w.astype(np.float64)) + EPSILON ** 2)
+                    for w in self.w_star]
+        else:
+            stds = [sigma] * len(self.w_star)
         accs = []
         for k in range(NOISE_DRAWS):
             rng = np.random.default_rng([self.seed, stream, k])
-            perturbed = []
-            for w in self.w_star:
-                z = rng.standard_normal(w.shape)
-                if magnitude:
-                    std = np.sqrt(sigma ** 2 * np.square(w.astype(np.float64)) + EPSILON ** 2)
-                else:
-                    std = sigma
-                perturbed.append((w + std * z).astype(w.dtype))
+            perturbed = [(w + std * rng.standard_normal(w.shape)).astype(w.dtype)
+                         for w, std in zip(self.w_star, stds)]
             self.assign(perturbed)
             accs.append(self.accuracy_now())
         self.assign(self.w_star)
