@@ -348,7 +348,7 @@ def main(argv: Optional[List[str]] = None) -> str:
                     ray_gpus_per_cell=args.ray_gpus_per_cell,
                     ray_max_retries=args.ray_max_retries)
     except (ConfigError, ValueError) as e:
-        raise SystemExit(f"grid: {e}") from None
+        raise SystemExit(str(e)) from None
     grid.launch = {k: getattr(args, k) for k in declared("grid")}
     t0 = time.time()
     try:
