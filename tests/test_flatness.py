@@ -294,3 +294,48 @@ def test_bad_arguments_are_clear_errors(trained, data, kwargs, match):
     args = {"y": y, **kwargs}
     with pytest.raises(ValueError, match=match):
         F.compute(trained, x, **args)
+
+
+_BACKEND_SCRIPT = """
+import json, sys
+import numpy as np, keras
+from cna_tf import flatness
+w = np.load(sys.argv[1])
+x, y = w["x"], w["y"]
+m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"),
+                      keras.layers.Dense(10, activation="softmax")])
+m.set_weights([w[f"w{i}"] for i in range(4)])
+before = [np.array(v.numpy(), copy=True) for v in m.variables]
+res = flatness.search(m, x, y, samples=300, seed=7)
+restored = all(np.array_equal(a, v.numpy()) for a, v in zip(before, m.variables))
+print(json.dumps({"restored": restored,
+                  **{k: [r.value, r.steps] for k, r in res.items()}}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_same_searches_on_other_backends(trained, data, searched, backend, tmp_path):
+    """The gradient ascent is Keras' own train_on_batch, no TensorFlow code: JAX and PyTorch
+    find the same σ′/α′ through the same steps as TensorFlow on the same weights."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip(backend)
+    x, y = data
+    path = tmp_path / "w.npz"
+    np.savez(path, x=x, y=y, **{f"w{i}": w for i, w in enumerate(trained.get_weights())})
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", _BACKEND_SCRIPT, str(path)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got.pop("restored") is True
+    for m, (value, steps) in got.items():
+        want = searched[m]
+        assert [p for p, _ in steps] == [p for p, _ in want.steps]
+        assert value == want.value
+        # float32 forward passes of another backend may flip a borderline point
+        assert np.allclose([d for _, d in steps], [d for _, d in want.steps], atol=2 / N_SUB)
