@@ -1,11 +1,15 @@
-"""Smoke runs of the bench/ scripts (`make bench`) at --quick sizes: they run, write their JSON.
+"""`make bench` as documented, at --quick sizes: every bench/ script runs and writes its JSON.
 
-No time limits are asserted: timings on a shared machine say nothing about correctness. The
-numbers' targets are checked by reading bench/results and docs/performance.md, not here.
+One run of the make target (``make bench BENCH_ARGS="--quick --out DIR"``, the documented
+command with size arguments; tests/test_docs.py counts it as run here) feeds every test below:
+each checks its script's JSON. No time limits are asserted: timings on a shared machine say
+nothing about correctness. The numbers' targets are checked by reading bench/results and
+docs/performance.md, not here.
 """
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +22,34 @@ BENCH = ROOT / "bench"
 pytestmark = pytest.mark.slow
 
 
-def run_bench(script: str, tmp_path: Path, *extra: str) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MLFLOW_ENABLE_ASYNC_LOGGING="false")
-    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out",
-                           str(tmp_path), *extra], capture_output=True, text=True, env=env,
-                          cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    files = list(tmp_path.glob("*.json"))
-    assert len(files) == 1, (files, proc.stdout[-2000:])
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """``make bench BENCH_ARGS="--quick --out DIR"`` once: (DIR, its output)."""
+    out = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MLFLOW_ENABLE_ASYNC_LOGGING="false",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run(["make", "bench", f"BENCH_ARGS=--quick --out {out}"], cwd=ROOT,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    return out, proc.stdout
+
+
+def test_make_bench_runs_every_script(bench_run):
+    out, _ = bench_run
+    recipe = (ROOT / "Makefile").read_text().split("\nbench:", 1)[1].split("\n\n", 1)[0]
+    scripts = re.findall(r"bench/(bench_\w+)\.py", recipe)
+    # bench_backend compares Keras backends (and a GPU): by hand, docs/performance.md
+    assert sorted(scripts) == sorted(p.stem for p in BENCH.glob("bench_*.py")
+                                     if p.stem != "bench_backend")
+    assert len(list(out.glob("*.json"))) == len(scripts)
+
+
+def run_bench(script: str, bench_run) -> dict:
+    """The JSON that ``script`` wrote in the shared `make bench` run."""
+    out, log = bench_run
+    name = script[len("bench_"):-len(".py")]
+    files = list(out.glob(f"{name}_*.json"))
+    assert len(files) == 1, (files, log[-2000:])
     data = json.loads(files[0].read_text())
     assert data["quick"] is True
     assert {"platform", "python", "cpus", "keras", "backend"} <= set(data["machine"])
@@ -37,14 +61,14 @@ def positive(*values) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
 
 
-def test_bench_alpha(tmp_path):
-    d = run_bench("bench_alpha.py", tmp_path)
+def test_bench_alpha(bench_run):
+    d = run_bench("bench_alpha.py", bench_run)
     assert d["n"] == 2000
     assert positive(d["vectorized_s"], d["loop_s"], d["speedup"], d["float32_10k_s"])
 
 
-def test_bench_probe(tmp_path):
-    d = run_bench("bench_probe.py", tmp_path)
+def test_bench_probe(bench_run):
+    d = run_bench("bench_probe.py", bench_run)
     assert [c["model"] for c in d["cases"]] == ["mlp", "resnet18"]
     for c in d["cases"]:
         assert {"predict", "probe", "usual"} <= set(c["seconds"])
@@ -60,8 +84,8 @@ def test_bench_probe(tmp_path):
     assert usual["fetched_mb"][1] > probe["fetched_mb"][1]
 
 
-def test_bench_measures(tmp_path):
-    d = run_bench("bench_measures.py", tmp_path)
+def test_bench_measures(bench_run):
+    d = run_bench("bench_measures.py", bench_run)
     assert positive(d["cna_area_s"], d["n"])
     for key in ("cna_area/crossing", "cna_area/shifted", "curves/crossing", "beta/L5",
                 "beta/L20", "cna/pearson", "cna/spearman", "cna/kendall"):
@@ -69,8 +93,8 @@ def test_bench_measures(tmp_path):
     assert positive(d["results"]["cna_area/crossing"]["area"])
 
 
-def test_bench_callback(tmp_path):
-    d = run_bench("bench_callback.py", tmp_path)
+def test_bench_callback(bench_run):
+    d = run_bench("bench_callback.py", bench_run)
     assert {"plain", "callback", "callback_mlflow"} == set(d["epoch_s"])
     assert positive(*d["epoch_s"].values(), d["plain_epoch_s"], d["light_s"],
                     d["full_snapshot_s"])
@@ -79,8 +103,8 @@ def test_bench_callback(tmp_path):
     assert d["defaults"] == {"every": 1, "full_every": 20, "max_samples": 2000}
 
 
-def test_bench_grid(tmp_path):
-    d = run_bench("bench_grid.py", tmp_path)
+def test_bench_grid(bench_run):
+    d = run_bench("bench_grid.py", bench_run)
     assert d["max_cells"] == 2 and d["cells"] == 2
     assert [r["workers"] for r in d["runs"]] == [1, 2]
     assert all(r["finished"] == 2 and r["failed"] == 0 for r in d["runs"])
@@ -88,8 +112,8 @@ def test_bench_grid(tmp_path):
     assert d["speedup"] == d["seconds_1_worker"] / d["seconds_2_workers"]
 
 
-def test_bench_stream(tmp_path):
-    d = run_bench("bench_stream.py", tmp_path)
+def test_bench_stream(bench_run):
+    d = run_bench("bench_stream.py", bench_run)
     assert [r["n"] for r in d["runs"]] == [1200, 6000]
     for r in d["runs"]:
         assert positive(r["rss_before_mb"], r["peak_rss_mb"], r["seconds"], r["batch_size"])
@@ -99,11 +123,24 @@ def test_bench_stream(tmp_path):
     assert math.isfinite(d["bytes_per_image_growth"]) and d["peak_fraction_of_dataset"] > 0
 
 
-def test_bench_layer_outputs(tmp_path):
-    d = run_bench("bench_layer_outputs.py", tmp_path)
+def test_bench_layer_outputs(bench_run):
+    d = run_bench("bench_layer_outputs.py", bench_run)
     assert [c["model"] for c in d["cases"]] == ["mlp", "resnet18"]
     for c in d["cases"]:
         assert positive(c["seconds"]["layer_outputs"], c["seconds"]["per_layer_submodels"],
                         c["seconds"]["one_submodel"], c["ratio_per_layer_to_layer_outputs"],
                         c["n"], c["layers"])
         assert c["max_abs_diff"] <= 1e-3
+
+
+def test_bench_flatness(bench_run):
+    d = run_bench("bench_flatness.py", bench_run)
+    names = {"pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_mag_flatness"}
+    assert {k.split("/", 1)[1] for k in d["results"]} == names
+    for key, r in d["results"].items():
+        assert key.startswith("digits/")
+        assert positive(r["flatness"], r["value"], r["forward_passes"], r["seconds"],
+                        r["steps"]), key
+        assert 0 < r["value"] <= 2 and r["flatness"] == pytest.approx(1 / r["value"] ** 2)
+        if key.endswith("sharpness_mag_flatness"):
+            assert r["gradient_steps"] > 0
