@@ -446,10 +446,17 @@ class ActivationProbe:
     def layer_sums(self, x, batch_size: Optional[int] = None) -> np.ndarray:
         """Reduced activation of every probe layer for every input.
 
+        In-memory inputs (arrays or tensors, or a list/tuple/dict of them) run through the
+        compiled predict function one slice of ``batch_size`` at a time (``predict_on_batch``):
+        the same function on the same batches as ``predict`` (identical values), without the
+        input pipeline ``predict`` builds on every call (~0.1 s with TensorFlow) or its per-step
+        bookkeeping, so the probe costs no more than ``model.predict`` at any batch size
+        (`bench/bench_probe.py`). Datasets, generators and ``PyDataset`` go through ``predict``.
+
         Args:
             x: model inputs (array, tensor, list/dict for multi-input models, or a dataset that
                 ``model.predict`` accepts).
-            batch_size: predict batch size (default 256; ignored for datasets).
+            batch_size: forward-pass batch size (default 256; ignored for datasets).
 
         Returns:
             float32 array of shape (n, L).
@@ -458,37 +465,14 @@ class ActivationProbe:
             ValueError: inputs whose shape differs from the model's (`check_inputs`).
         """
         self.check_inputs(x)
-        return np.asarray(self.sums_model.predict(x, batch_size=_batch(x, batch_size),
-                                                  verbose=0))
+        return np.asarray(_forward(self.sums_model, x, batch_size))
 
     def layer_sums_in_memory(self, x, batch_size: Optional[int] = None, outputs: bool = False):
-        """`layer_sums` (or `layer_sums_and_outputs`) for in-memory arrays, one batch at a time.
-
-        The same compiled predict function on the same batches as `layer_sums` (identical
-        values), through ``predict_on_batch`` on slices of ``batch_size``, without the input
-        pipeline ``model.predict`` builds on every call (~0.1 s with TensorFlow: it matters for
-        small, frequent calls such as a callback's per-epoch measurement or a stream's batches).
-
-        Args:
-            x: model inputs: an array or tensor, or a list/tuple/dict of them.
-            batch_size: slice size (default 256).
-            outputs: also return the model's outputs.
-
-        Returns:
-            The (n, L) float32 sums, or ``(sums, outputs)`` with ``outputs`` as numpy.
-        """
-        self.check_inputs(x)
-        n = len(keras.tree.flatten(x)[0])
-        size = int(batch_size or 256)
-        net = self.full_model if outputs else self.sums_model
-        parts = [net.predict_on_batch(keras.tree.map_structure(lambda a: a[i:i + size], x))
-                 for i in range(0, n, size)]
-        if not outputs:
-            return np.concatenate([np.asarray(p) for p in parts])
-        sums = np.concatenate([np.asarray(p[0]) for p in parts])
-        outs = keras.tree.map_structure(lambda *a: np.concatenate([np.asarray(v) for v in a]),
-                                        *[p[1] for p in parts])
-        return sums, outs
+        """`layer_sums`, or with ``outputs`` `layer_sums_and_outputs` (kept for callers of the
+        former name; both take the same path)."""
+        if outputs:
+            return self.layer_sums_and_outputs(x, batch_size)
+        return self.layer_sums(x, batch_size)
 
     @property
     def outputs_model(self) -> keras.Model:
@@ -530,18 +514,22 @@ class ActivationProbe:
             ValueError: inputs whose shape differs from the model's (`check_inputs`).
         """
         self.check_inputs(x)
-        outs = self.outputs_model.predict(x, batch_size=_batch(x, batch_size), verbose=0)
+        outs = _forward(self.outputs_model, x, batch_size)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         return {name: np.asarray(a) for name, a in zip(self.layer_names, outs)}
 
     def layer_sums_and_outputs(self, x, batch_size: Optional[int] = None):
         """Layer sums and the model's outputs from one compiled forward pass.
 
+        Args:
+            x: model inputs (as `layer_sums` takes them; the same fast path for arrays).
+            batch_size: forward-pass batch size (default 256; ignored for datasets).
+
         Returns:
             ``(sums, outputs)``: an (n, L) float32 array and the model's outputs as numpy.
         """
         self.check_inputs(x)
-        sums, outputs = self.full_model.predict(x, batch_size=_batch(x, batch_size), verbose=0)
+        sums, outputs = _forward(self.full_model, x, batch_size)
         return np.asarray(sums), outputs
 
     def __call__(self, x):
@@ -551,6 +539,42 @@ class ActivationProbe:
     def __repr__(self) -> str:
         return (f"ActivationProbe(model={self.model.name!r}, mode={self.mode!r}, "
                 f"reduce={self.reduce!r}, layers={self.layer_names})")
+
+
+def _in_memory(x) -> bool:
+    """Whether ``x`` is arrays/tensors (one, or a list/tuple/dict of them) of one length."""
+    if isinstance(x, keras.utils.PyDataset) or hasattr(x, "element_spec"):
+        return False
+    leaves = keras.tree.flatten(x)
+    if not leaves or not all(hasattr(a, "shape") and hasattr(a, "dtype")
+                             and len(a.shape) >= 1 for a in leaves):
+        return False
+    return len({int(a.shape[0]) for a in leaves}) == 1
+
+
+def _host_slice(a, start: int, stop: int):
+    """Rows start:stop of one input, floats cast to floatx as ``predict``'s data adapter does."""
+    part = a[start:stop]
+    if isinstance(part, np.ndarray) and part.dtype.kind == "f" \
+            and part.dtype != np.dtype(keras.backend.floatx()):
+        part = part.astype(keras.backend.floatx())
+    return part
+
+
+def _forward(net: keras.Model, x, batch_size: Optional[int]):
+    """``net``'s outputs for ``x`` as numpy: the probe's one forward-pass path.
+
+    In-memory inputs: ``predict_on_batch`` on consecutive slices of ``batch_size`` (default
+    256), concatenated; anything else (datasets, generators): ``net.predict``.
+    """
+    n = int(keras.tree.flatten(x)[0].shape[0]) if _in_memory(x) else 0
+    if not n:
+        return net.predict(x, batch_size=_batch(x, batch_size), verbose=0)
+    size = max(1, int(batch_size or 256))
+    parts = [net.predict_on_batch(keras.tree.map_structure(
+        lambda a: _host_slice(a, i, i + size), x)) for i in range(0, n, size)]
+    return keras.tree.map_structure(lambda *a: np.concatenate([np.asarray(v) for v in a]),
+                                    *parts)
 
 
 def _batch(x, batch_size: Optional[int]) -> Optional[int]:
