@@ -1,0 +1,133 @@
+"""Tests written to kill the mutants of `make mutate` that survived the suite (docs/testing.md).
+
+Each test names the behaviour a surviving mutant changed; the mutants these kill are listed in
+docs/testing.md. Pure numpy: fast enough to run against every mutant.
+"""
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from cna_tf import ranking
+
+
+@pytest.fixture
+def strict_warnings():
+    """Any warning is an error: undefined cases must return NaN quietly (no scipy
+    ConstantInputWarning, no numpy 'Mean of empty slice' or divide-by-zero)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+# -- pearson / kendall: when the correlation is undefined ----------------------------------------
+
+@pytest.mark.parametrize("fn", [ranking.pearson, ranking.kendall])
+def test_undefined_correlations_are_nan_without_a_warning(fn, strict_warnings):
+    assert math.isnan(fn([], []))                              # nothing: no np.ptp of nothing
+    assert math.isnan(fn([math.nan, 1.0], [1.0, math.nan]))    # no finite pair left
+    assert math.isnan(fn([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]))    # x constant, y varies
+    assert math.isnan(fn([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))    # y constant, x varies
+    assert fn([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(
+        0.5 if fn is ranking.pearson else 1 / 3)
+
+
+@pytest.mark.parametrize("fn", [ranking.pearson, ranking.kendall])
+def test_none_values_count_as_missing(fn):
+    # None becomes NaN (float64), and the pair is left out
+    assert fn([1.0, None, 2.0, 3.0], [1.0, 5.0, 2.0, 3.0]) == pytest.approx(1.0)
+
+
+# -- granulated Kendall ---------------------------------------------------------------------------
+
+def test_granulated_kendall_groups_nan_axis_values_together():
+    # lr is NaN (never logged) for every instance, each a distinct float object: one value,
+    # so lr does not vary and the seeds form one group
+    rows = [{"lr": float("nan"), "seed": s, "m": float(s), "t": float(s)} for s in range(4)]
+    got = ranking.granulated_kendall(rows, "m", "t", ["lr", "seed"])
+    assert set(got) == {"psi.seed", "granulated_kendall"}
+    assert got["psi.seed"] == pytest.approx(1.0)
+
+
+def test_granulated_kendall_with_no_defined_group_is_nan_quietly(strict_warnings):
+    rows = [{"w": w, "m": 1.0, "t": float(w)} for w in range(3)]    # metric constant
+    got = ranking.granulated_kendall(rows, "m", "t", ["w"])
+    assert math.isnan(got["psi.w"]) and math.isnan(got["granulated_kendall"])
+
+
+def test_correlate_row_keys():
+    rows = [{"arch": "mlp", "w": w, "m": float(w), "t": float(w)} for w in range(3)]
+    out = ranking.correlate(rows, ["m"], ["t"], ["w"], group_by=())
+    assert len(out) == 1
+    assert set(out[0]) == {"scope", "metric", "target", "n", "pearson", "kendall",
+                           "granulated_kendall", "psi.w"}
+    assert (out[0]["scope"], out[0]["metric"], out[0]["target"]) == (ranking.ALL_NETS, "m", "t")
+
+
+# -- conditional mutual information and its grid check -------------------------------------------
+
+def _grid3():
+    """A complete 2x2x2 grid: c first, a, b."""
+    hp = {"c": [], "a": [], "b": []}
+    for c in (0, 1):
+        for a in (0, 1):
+            for b in (0, 1):
+                hp["c"].append(c)
+                hp["a"].append(a)
+                hp["b"].append(b)
+    return hp
+
+
+def test_cmi_skips_a_pair_without_gap_entropy_and_goes_on(strict_warnings):
+    hp = _grid3()
+    gap = [10.0 * c + a for c, a in zip(hp["c"], hp["a"])]   # b does not matter
+    # the first pair (c, a) fixes the gap sign in every bin (mean entropy 0): it is left out and
+    # the loop goes on to (c, b), (a, b), ... where a or c varies inside the bins (score 1)
+    assert ranking.conditional_mutual_information(gap, gap, hp) == pytest.approx(1.0)
+
+
+def test_cmi_of_two_hyperparameters_is_nan_without_error(strict_warnings):
+    # with two axes each bin holds one ordered pair: no gap entropy anywhere -> NaN, not min([])
+    hp = {"a": [0, 0, 1, 1, 2, 2], "b": [0, 1, 0, 1, 0, 1]}
+    assert math.isnan(ranking.conditional_mutual_information([1, 2, 3, 4, 5, 6],
+                                                             [1, 3, 2, 4, 6, 5], hp))
+
+
+def test_cmi_none_measure_is_nan():
+    hp = _grid3()
+    measure = [None] + [float(i) for i in range(7)]
+    assert math.isnan(ranking.conditional_mutual_information(measure, list(range(8)), hp))
+
+
+def test_cmi_mixed_type_hyperparameter_values(strict_warnings):
+    hp = _grid3()
+    hp["a"] = ["relu" if a else 0 for a in hp["a"]]          # values of two types
+    assert ranking.conditional_mutual_information(list(range(8)), list(range(8)), hp) == \
+        pytest.approx(1.0)
+    codes = ranking.grid_codes(hp, 8)
+    assert codes["a"][1] == 2 and codes["a"][0].dtype == np.int64
+
+
+def test_grid_codes_of_nothing():
+    assert ranking.grid_codes({}, 0) == {}
+
+
+def test_cmi_error_messages():
+    hp = _grid3()
+    with pytest.raises(ValueError, match=r"^measure has 3 values and gap 8; give one of each per "
+                                         r"network, in the same order$"):
+        ranking.conditional_mutual_information([1, 2, 3], list(range(8)), hp)
+    dup = {"a": [0, 0, 1, 1], "b": [0, 0, 1, 0]}
+    with pytest.raises(ValueError, match=(
+            r"^networks 0 and 1 have the same hyperparameters \{'a': 0, 'b': 0\}: conditional "
+            r"mutual information needs a complete grid with each combination exactly once \(one "
+            r"network per combination, e.g. its final snapshot; add the axis that tells them "
+            r"apart, such as seed\)$")):
+        ranking.grid_codes(dup, 4)
+    gap = {"a": [0, 0, 1], "b": ["x", "y", "x"]}
+    with pytest.raises(ValueError, match=(
+            r"^3 networks do not form a complete grid over \['a', 'b'\] \(4 combinations\); "
+            r"missing e.g. \{'a': 1, 'b': 'y'\}. Conditional mutual information needs every "
+            r"combination of the varied hyperparameters exactly once$")):
+        ranking.grid_codes(gap, 3)
