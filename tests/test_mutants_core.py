@@ -131,3 +131,90 @@ def test_cmi_error_messages():
             r"missing e.g. \{'a': 1, 'b': 'y'\}. Conditional mutual information needs every "
             r"combination of the varied hyperparameters exactly once$")):
         ranking.grid_codes(gap, 3)
+
+
+# -- alpha on float images: numpy.histogram's edge rules, several chunks ---------------------------
+
+def _hist_alpha(img, bins, lo, hi):
+    c, _ = np.histogram((np.asarray(img, np.float64).ravel() - lo) / (hi - lo), bins=bins,
+                        range=(0.0, 1.0))
+    p = c[c > 0] / c.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+@pytest.mark.parametrize("bins", [3, 7, 10, 100])
+def test_float_alpha_bins_values_on_and_next_to_every_edge_as_numpy_histogram(bins):
+    from cna_tf import alpha
+
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    imgs = []
+    for e in edges:   # the edge, the float below it and the float above it (inside [0, 1])
+        imgs.append([e, max(np.nextafter(e, -1.0), 0.0), min(np.nextafter(e, 2.0), 1.0)])
+        imgs.append([e, e, max(np.nextafter(e, -1.0), 0.0)])
+    x = np.array(imgs) * 4.0 - 2.0                       # on the declared range (-2, 2)
+    want = [_hist_alpha(img, bins, -2.0, 2.0) for img in x]
+    got = alpha(x, bins=bins, value_range=(-2.0, 2.0))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_float_alpha_over_several_chunks_equals_numpy_histogram():
+    from cna_tf import alpha
+
+    rng = np.random.default_rng(0)
+    x = rng.random((700, 1000)) * 10.0                  # 7e5 pixels: three chunks of 2**18
+    x[:, :5] = np.array([0.0, 10.0, 2.5, 5.0, 7.5])     # edges in every image
+    got = alpha(x, bins=40, value_range=(0.0, 10.0))
+    for i in (0, 261, 262, 263, 524, 525, 699):         # rows around the chunk boundaries
+        assert got[i] == pytest.approx(_hist_alpha(x[i], 40, 0.0, 10.0), abs=1e-12)
+
+
+# -- compression_alpha of non-uint8 images --------------------------------------------------------
+
+def test_compression_alpha_of_float_images_scales_by_the_range_first():
+    import zlib
+
+    from cna_tf import compression_alpha
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-3.0, 5.0, (4, 6, 6))
+    x[0] = -3.0                                         # a constant image compresses well
+    as_u8 = np.rint((x - (-3.0)) * (255.0 / 8.0)).astype(np.uint8)
+    want = [len(zlib.compress(img.tobytes(), 9)) / img.size for img in as_u8]
+    got = compression_alpha(x, value_range=(-3.0, 5.0))
+    assert got.dtype == np.float64 and got.shape == (4,)
+    np.testing.assert_allclose(got, want, rtol=0, atol=0)
+    np.testing.assert_allclose(compression_alpha(as_u8), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="value range of float64 images"):
+        compression_alpha(x)
+
+
+# -- measures: margin's percentile and options, the warnings' location ----------------------------
+
+def test_margin_percentile_bounds_and_options():
+    from cna_tf import measures
+
+    logits = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 3.0], [1.0, 1.5, 0.0], [0.2, 0.1, 0.0]])
+    y = np.array([0, 2, 0, 1])
+    m = measures.margins(logits, y)
+    assert measures.margin(logits, y, percentile=100) == pytest.approx(m.max())
+    assert measures.margin(logits, y, percentile=0) == pytest.approx(m.min())
+    with pytest.raises(ValueError, match="percentile"):
+        measures.margin(logits, y, percentile=100.5)
+    on_logits = measures.margins(logits, y, on="logits")
+    assert measures.margin(logits, y, percentile=50, on="logits") == pytest.approx(
+        np.percentile(on_logits, 50))
+    # probabilities-looking rows read as logits only when told so
+    rows = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    yy = np.array([0, 1])
+    assert measures.margin(rows, yy, percentile=0, from_logits=True) == pytest.approx(
+        measures.margins(rows, yy, from_logits=True).min())
+    assert measures.margin(rows, yy, percentile=0, from_logits=True) != pytest.approx(
+        measures.margin(rows, yy, percentile=0))
+
+
+def test_cna_warning_points_at_the_caller():
+    from cna_tf import measures
+
+    with pytest.warns(measures.CNAWarning, match="zero variance") as rec:
+        measures.cna([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    assert rec[0].filename == __file__
