@@ -411,3 +411,28 @@ def test_compare_on_runs_logged_by_hand(tmp_path, monkeypatch):
     # only width varies: granulated Kendall = Kendall within the one group
     assert area["granulated_kendall"] == pytest.approx(1.0)
     assert math.isnan(got[("All Nets", "margin", "gen_gap")]["pearson"])  # never logged
+
+
+@pytest.mark.slow
+def test_a_grid_cell_has_the_params_of_the_same_cell_launched_with_mlflow_run(tiny_grid):
+    """One rule for params: the grid logs what `mlflow run . -e train -P ...` logs, nothing else."""
+    d, env, args, first = tiny_grid
+    assert first.returncode == 0, first.stderr[-3000:]
+    client, parent, kids = _children(env)
+    kid = next(r for r in kids if r.data.params["seed"] == "1")
+    cell = step_params.read_params(kid.data.params, {k: v[0] for k, v in
+                                                     cells.ALL_PARAMS.items()})
+    cell = cells.normalize({k: cell[k] for k in cells.ALL_PARAMS})
+    flags = [f"-P {k}={shlex.quote(step_params.cli_value(v))}" for k, v in cell.items()
+             if v != cells.ALL_PARAMS[k][1]]  # as a user types it: what differs from defaults
+    proc = subprocess.run(
+        f"mlflow run . --env-manager local -e train --experiment-name by-hand {' '.join(flags)}",
+        shell=True, cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env=dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                 CNA_TF_BACKUP_DIR=str(d / "by-hand-backup")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exp = client.get_experiment_by_name("by-hand")
+    by_hand = client.search_runs([exp.experiment_id])[0]
+    assert by_hand.info.status == "FINISHED"
+    assert by_hand.data.params == kid.data.params
+    assert by_hand.data.tags["cna_tf.cell_key"] == kid.data.tags["cna_tf.cell_key"]
