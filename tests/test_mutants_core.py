@@ -37,6 +37,7 @@ def test_undefined_correlations_are_nan_without_a_warning(fn, strict_warnings):
 def test_none_values_count_as_missing(fn):
     # None becomes NaN (float64), and the pair is left out
     assert fn([1.0, None, 2.0, 3.0], [1.0, 5.0, 2.0, 3.0]) == pytest.approx(1.0)
+    assert fn([1.0, 5.0, 2.0, 3.0], [1.0, None, 2.0, 3.0]) == pytest.approx(1.0)
 
 
 # -- granulated Kendall ---------------------------------------------------------------------------
@@ -98,6 +99,7 @@ def test_cmi_none_measure_is_nan():
     hp = _grid3()
     measure = [None] + [float(i) for i in range(7)]
     assert math.isnan(ranking.conditional_mutual_information(measure, list(range(8)), hp))
+    assert math.isnan(ranking.conditional_mutual_information(list(range(8)), measure, hp))
 
 
 def test_cmi_mixed_type_hyperparameter_values(strict_warnings):
