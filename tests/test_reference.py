@@ -406,11 +406,9 @@ def test_evaluate_numbers_match_an_independent_computation(data, max_samples):
     assert got_m["bound_2018"] == pytest.approx(want_all["bound_2018"], rel=2e-4)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "bug: SPEC §6 accepts initial_weights as the list model.get_weights() returns, but "
-    "baselines._match_initial tests `key in initial_weights` on that list of arrays and raises "
-    "'The truth value of an array with more than one element is ambiguous'"))
 def test_evaluate_accepts_get_weights_list_as_initial_weights(data):
+    """SPEC §6: initial_weights may be the list model.get_weights() returns (failed with 'The
+    truth value of an array ... is ambiguous' until baselines matched it by position)."""
     import cna_tf
 
     (raw_tr, y_tr), (raw_te, y_te) = data
