@@ -4,13 +4,13 @@ from __future__ import annotations
 import csv
 import io
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import keras
 import numpy as np
 
 from cna_tf.complexity import alpha as compute_alpha, check_images
-from cna_tf.evaluation import (add_baselines, gather_stream, is_stream, measure_split,
+from cna_tf.evaluation import (add_baselines, gather_stream, is_stream, measure_chunks,
                                measure_stream, scan_stream, subsample, summarize)
 from cna_tf.measures import CNAWarning, class_indices, beta as compute_beta, cna, curves
 from cna_tf.probe import ActivationProbe
@@ -21,16 +21,36 @@ __all__ = ["CNACallback", "Samples", "StreamSamples", "flat_weights"]
 LIGHT_KEYS = ("cna_train", "cna_test", "beta_train_mean", "beta_test_mean")
 
 
+# Model inputs of one chunk of a full snapshot, as float32 (the usual model input): 32 MiB.
+# A sample set that fits in one chunk keeps its inputs (computed once); a larger one is
+# preprocessed chunk by chunk at every measurement, so no float32 copy of it is ever held.
+CHUNK_BYTES = 32 * 2**20
+# Rows per alpha call on a large set (alpha's temporaries are ~3.6 kB per image).
+ALPHA_ROWS = 8192
+
+
 class Samples:
     """The samples a `CNACallback` measures, in memory: raw images, class indices, and the
-    model inputs and alpha (computed once, on first use).
+    model inputs and alpha (computed on first use).
+
+    The raw images are the arrays given (a view of them for the full set, a copy of a
+    subset's rows). Memory stays bounded as the set grows: alpha is computed chunk by chunk
+    (n float64 values are kept), and measurements run chunk by chunk (`chunks`): a set larger
+    than one chunk (``CHUNK_BYTES`` of float32 model inputs) is preprocessed per chunk at each
+    measurement instead of keeping a preprocessed copy; a smaller one keeps its model inputs.
 
     Attributes:
         raw: raw images (n, ...).
         labels: class indices (n,).
-        inputs: model inputs (``preprocess(raw)``, or the given third element).
+        inputs: model inputs (``preprocess(raw)``, or the given third element); computed anew
+            on each access for a set larger than one chunk.
         alpha: alpha of ``raw`` (n,).
+        chunk_bytes: float32 model-input bytes per chunk (``CHUNK_BYTES``).
+        alpha_rows: images per alpha call (``ALPHA_ROWS``).
     """
+
+    chunk_bytes: int = CHUNK_BYTES
+    alpha_rows: int = ALPHA_ROWS
 
     def __init__(self, raw, labels, inputs, preprocess, value_range, bins):
         self.raw, self.labels = raw, labels
@@ -38,20 +58,58 @@ class Samples:
         self._value_range, self._bins = value_range, bins
         self._alpha: Optional[np.ndarray] = None
 
+    def _model_inputs(self, start: int, stop: int):
+        """Model inputs of rows start:stop (of the given or cached inputs, else preprocessed)."""
+        if self._inputs is not None:
+            return keras.tree.map_structure(lambda a: a[start:stop], self._inputs)
+        raw = self.raw[start:stop]
+        return self._preprocess(raw) if self._preprocess else raw
+
+    def chunk_rows(self, batch_size: Optional[int] = None) -> int:
+        """Rows per chunk: a multiple of the forward-pass batch size (so the forward slices are
+        those of one pass over the whole set) with about ``CHUNK_BYTES`` of float32 inputs."""
+        size = max(1, int(batch_size or 256))
+        per_sample = 4 * max(1, int(np.prod(np.shape(self.raw)[1:], dtype=np.int64)))
+        return max(size, int(self.chunk_bytes) // per_sample // size * size)
+
     @property
     def inputs(self):
-        if self._inputs is None:
-            self._inputs = self._preprocess(self.raw) if self._preprocess else self.raw
-        return self._inputs
+        if self._inputs is not None:
+            return self._inputs
+        inputs = self._model_inputs(0, len(self))
+        if len(self) <= self.chunk_rows():
+            self._inputs = inputs
+        return inputs
 
     @property
     def alpha(self) -> np.ndarray:
         if self._alpha is None:
-            self._alpha = compute_alpha(self.raw, bins=self._bins, value_range=self._value_range)
+            rows = max(1, int(self.alpha_rows))
+            self._alpha = np.concatenate([
+                compute_alpha(self.raw[i:i + rows], bins=self._bins,
+                              value_range=self._value_range) for i in range(0, len(self), rows)])
         return self._alpha
 
+    def chunks(self, batch_size: Optional[int] = None
+               ) -> Iterator[Tuple[np.ndarray, np.ndarray, Any]]:
+        """``(alpha, labels, model inputs)`` of consecutive chunks of `chunk_rows` samples
+        (one chunk, with the model inputs kept, for a set that fits in one)."""
+        rows = self.chunk_rows(batch_size)
+        if len(self) <= rows:
+            if self._inputs is None:
+                self._inputs = self._model_inputs(0, len(self))
+            yield self.alpha, self.labels, self._inputs
+            return
+        alpha = self.alpha
+        for i in range(0, len(self), rows):
+            yield alpha[i:i + rows], self.labels[i:i + rows], self._model_inputs(i, i + rows)
+
     def take(self, idx: np.ndarray) -> "Samples":
-        """The samples at ``idx`` (cached inputs and alpha carried over)."""
+        """The samples at ``idx`` (cached inputs and alpha carried over); all of them (in
+        order) are this object itself, not a copy."""
+        idx = np.asarray(idx)
+        if len(idx) == len(self) and np.array_equal(idx, np.arange(len(self))):
+            return self
         inputs = None if self._inputs is None else _index(self._inputs, idx)
         sub = Samples(self.raw[idx], self.labels[idx], inputs, self._preprocess,
                       self._value_range, self._bins)
@@ -178,7 +236,11 @@ class CNACallback(keras.callbacks.Callback):
         full_every: epochs between full snapshots (SPEC §3 "network instances"); the last
             epoch is always one. 0 disables the periodic ones.
         max_samples: size of the seeded subset of each split used for the per-epoch CNA.
-        full_max_samples: samples per split of a full snapshot (None: all).
+        full_max_samples: samples per split of a full snapshot (None: all). Arrays are
+            measured chunk by chunk (`Samples.chunks`; ``preprocess`` applied per chunk, so it
+            must act on each image alone, as for streams): with None the full set is the
+            arrays given, never copied or preprocessed as a whole, and between snapshots only
+            per-sample alpha, beta, margin, loss and correctness are kept.
         bins, method, window, points, percentile: as in `cna_tf.evaluate`.
         mode, reduce, include_output: as in `cna_tf.ActivationProbe`.
         baselines: also compute the norm-based baselines at full snapshots.
@@ -359,7 +421,8 @@ class CNACallback(keras.callbacks.Callback):
             if isinstance(split, StreamSamples):
                 b = split.measure(self.probe, self.batch_size)["beta"]
             else:
-                b = compute_beta(self.probe.layer_sums_in_memory(split.inputs, self.batch_size))
+                b = np.concatenate([compute_beta(self.probe.layer_sums(x, self.batch_size))
+                                    for _, _, x in split.chunks(self.batch_size)])
             m[f"cna_{tag}"] = cna(split.alpha, b, method=self.method)
             m[f"beta_{tag}_mean"] = float(np.mean(b))
         return m
@@ -367,8 +430,9 @@ class CNACallback(keras.callbacks.Callback):
     def _measure_full(self, split) -> Dict[str, np.ndarray]:
         if isinstance(split, StreamSamples):
             return split.measure(self.probe, self.batch_size)
-        return measure_split(self.probe, split.raw, split.labels, inputs=split.inputs,
-                             alpha_values=split.alpha, batch_size=self.batch_size)
+        # chunk by chunk: per-sample alpha, beta, margin, loss, correctness are all that is kept
+        return measure_chunks(self.probe, split.chunks(self.batch_size),
+                              batch_size=self.batch_size)
 
     def _full(self) -> Dict[str, float]:
         details = {tag: self._measure_full(split)

@@ -15,7 +15,7 @@ same samples in the same order on every pass (no reshuffling between passes).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import keras
 import numpy as np
@@ -26,9 +26,9 @@ from cna_tf.measures import (class_indices, cna, cna_area, cna_margin, margins,
                              probabilities)
 from cna_tf.probe import ActivationProbe
 
-__all__ = ["evaluate", "measure_split", "measure_stream", "summarize", "add_baselines",
-           "subsample", "is_stream", "stream_batches", "scan_stream", "gather_stream",
-           "array_split", "STREAM_ORDER_HINT"]
+__all__ = ["evaluate", "measure_split", "measure_chunks", "measure_stream", "summarize",
+           "add_baselines", "subsample", "is_stream", "stream_batches", "scan_stream",
+           "gather_stream", "array_split", "STREAM_ORDER_HINT"]
 
 STREAM_ORDER_HINT = (
     "A stream must yield the same samples in the same order on every pass: build it without "
@@ -255,6 +255,57 @@ def measure_split(probe: ActivationProbe, raw, labels, preprocess: Optional[Call
     return {"alpha": a, **_per_sample(sums, outputs, labels)}
 
 
+def measure_chunks(probe: ActivationProbe, chunks: Iterable[Tuple[np.ndarray, Any, Any]],
+                   name: Optional[str] = None, batch_size: Optional[int] = None,
+                   keep_outputs: bool = False) -> Dict[str, np.ndarray]:
+    """`measure_split`'s per-sample values over consecutive chunks of one split.
+
+    Each chunk is ``(alpha, labels, model_inputs)`` of consecutive samples; it gets one forward
+    pass (in slices of ``batch_size``) and only its per-sample values are kept, so memory is
+    bounded by the chunk and the values kept, not the split.
+
+    Args:
+        probe: the model's probe.
+        chunks: an iterable of ``(alpha (b,), labels (b,) or (b, classes), inputs)``; errors it
+            raises are reported like the chunks' own.
+        name: the split's name: a ValueError is re-raised as ``"<name> (batch starting at
+            sample <i>): ..."`` (unless it already starts with the name); None re-raises as is.
+        batch_size: forward-pass slice size (default 256). With chunks of a multiple of it,
+            the slices are those of one pass over the whole split (identical values).
+        keep_outputs: also keep ``layer_sums`` (n, L), ``labels`` (n,), ``outputs`` and
+            ``probs`` (n, classes); without, about 33 bytes per sample are kept (alpha, beta,
+            margins, nll as float64, correct as bool).
+
+    Returns:
+        The keys of `measure_split` (``layer_sums``, ``labels``, ``outputs`` and ``probs`` only
+        with ``keep_outputs``).
+
+    Raises:
+        ValueError: no samples, or what a chunk raised (see ``name``).
+    """
+    parts: List[Dict[str, np.ndarray]] = []
+    pos = 0
+    it = iter(chunks)
+    while True:
+        try:
+            chunk = next(it, None)
+            if chunk is None:
+                break
+            a, labels, inputs = chunk
+            sums, outputs = probe.layer_sums_and_outputs(inputs, batch_size)
+            parts.append({"alpha": np.asarray(a),
+                          **_per_sample(sums, outputs, labels, keep_outputs)})
+        except ValueError as e:
+            if name is None or str(e).startswith(name):
+                raise
+            raise ValueError(f"{name} (batch starting at sample {pos}): {e}") from None
+        pos += len(parts[-1]["alpha"])
+    if not parts:
+        raise ValueError(f"{name or 'data'}: no samples")
+    # one key at a time, each chunk's piece freed as it is joined: peak ~ the kept values + one
+    return {k: np.concatenate([p.pop(k) for p in parts]) for k in list(parts[0])}
+
+
 def measure_stream(probe: ActivationProbe, data, name: str = "data",
                    preprocess: Optional[Callable] = None, value_range=None, bins: int = 100,
                    batch_size: Optional[int] = None, keep_outputs: bool = False,
@@ -262,7 +313,8 @@ def measure_stream(probe: ActivationProbe, data, name: str = "data",
     """`measure_split` over a stream, batch by batch (memory bounded by the batch).
 
     Each batch: alpha of its raw images, ``preprocess`` of the batch, one forward pass (in
-    slices of ``batch_size``), and the per-sample values; only those are kept.
+    slices of ``batch_size``), and the per-sample values; only those are kept
+    (`measure_chunks`).
 
     Args:
         probe: the model's probe.
@@ -271,9 +323,7 @@ def measure_stream(probe: ActivationProbe, data, name: str = "data",
         preprocess: maps a batch of raw images to model inputs (None: the raw images).
         value_range, bins: of alpha.
         batch_size: forward-pass slice size (default 256).
-        keep_outputs: also keep ``layer_sums`` (n, L), ``labels`` (n,), ``outputs`` and
-            ``probs`` (n, classes); without, about 33 bytes per sample are kept (alpha, beta,
-            margins, nll as float64, correct as bool).
+        keep_outputs: as in `measure_chunks`.
         alpha_values: alpha of every sample from an earlier pass; when given, each batch's alpha
             must match (the stream yields the same samples in the same order).
 
@@ -281,28 +331,26 @@ def measure_stream(probe: ActivationProbe, data, name: str = "data",
         The keys of `measure_split` (``layer_sums``, ``labels``, ``outputs`` and ``probs`` only
         with ``keep_outputs``).
     """
-    parts: List[Dict[str, np.ndarray]] = []
-    pos = 0
-    for raw, labels in stream_batches(data, name):
-        try:
+    def chunks():
+        pos = 0
+        for raw, labels in stream_batches(data, name):
             a = compute_alpha(raw, bins=bins, value_range=value_range)
             if alpha_values is not None and not np.array_equal(
                     a, np.asarray(alpha_values)[pos:pos + len(raw)]):
                 raise _order_changed(name, f"other images from sample {pos} on")
-            inputs = preprocess(raw) if preprocess is not None else raw
-            sums, outputs = probe.layer_sums_in_memory(inputs, batch_size, outputs=True)
-            parts.append({"alpha": a, **_per_sample(sums, outputs, labels, keep_outputs)})
-        except ValueError as e:
-            if str(e).startswith(name):
-                raise
-            raise ValueError(f"{name} (batch starting at sample {pos}): {e}") from None
-        pos += len(raw)
-    if not parts:
-        raise ValueError(f"{name}: the stream yielded no samples")
-    if alpha_values is not None and pos != len(alpha_values):
-        raise _order_changed(name, f"{len(alpha_values)} samples on the first pass, {pos} now")
-    # one key at a time, each batch's piece freed as it is joined: peak ~ the kept values + one
-    return {k: np.concatenate([p.pop(k) for p in parts]) for k in list(parts[0])}
+            yield a, labels, (preprocess(raw) if preprocess is not None else raw)
+            pos += len(raw)
+
+    try:
+        d = measure_chunks(probe, chunks(), name, batch_size, keep_outputs)
+    except ValueError as e:
+        if str(e) == f"{name}: no samples":
+            raise ValueError(f"{name}: the stream yielded no samples") from None
+        raise
+    if alpha_values is not None and len(d["alpha"]) != len(alpha_values):
+        raise _order_changed(name, f"{len(alpha_values)} samples on the first pass, "
+                                   f"{len(d['alpha'])} now")
+    return d
 
 
 def _summary(prefix: str, v: np.ndarray) -> Dict[str, float]:

@@ -213,7 +213,7 @@ def log_figures(cb, model, p: Dict[str, Any]) -> List[str]:
                                   "quintile (Fig. 6)")
 
     def fig1():
-        split = cb._full_test  # the full-snapshot test samples, aligned with snapshot_alpha
+        split = cb.snapshot_samples["test"]  # the full-snapshot test samples (snapshot_alpha)
         sums = cb.probe.layer_sums(split.inputs, batch_size=cb.batch_size)
         return plots.depth_profile(
             **analysis.pick_extremes(cb.snapshot_alpha["test"], sums, images=split.raw),
@@ -222,7 +222,7 @@ def log_figures(cb, model, p: Dict[str, Any]) -> List[str]:
                   "depth (Fig. 1)")
 
     def fig5():
-        split = cb._sub_test  # the per-epoch CNA subset: the trajectory's CNA is cna_test
+        split = cb.epoch_samples["test"]  # the per-epoch CNA subset: the trajectory's cna_test
         return plots.trajectory_landscape(model, cb.trajectory, split.alpha, split.inputs,
                                           title=None)
 

@@ -301,3 +301,43 @@ def test_backup_and_restore_in_the_same_process_continues_the_reused_callback(di
     assert set(cb.snapshots) == {0, 2, 4, 5}
     for key, kernel in first_w0.items():
         np.testing.assert_array_equal(cb.initial_weights[key], kernel)
+
+
+def test_full_snapshots_in_chunks_equal_one_pass_and_keep_no_copy(digits):
+    """A set larger than one chunk is measured chunk by chunk (alpha, preprocess, forward pass,
+    per-sample values): the same numbers as one pass, preprocess never sees more than a chunk,
+    the full set is the arrays given (no copy), and only per-sample scalars are kept."""
+    seen = []
+
+    def counting(raw):
+        seen.append(len(raw))
+        return digits.preprocess(raw)
+
+    model = small_mlp(digits)
+    kw = dict(max_samples=None, full_max_samples=None, batch_size=32, full_every=1,
+              mlflow=False)
+    one = cna_tf.CNACallback((digits.x_train, digits.y_train), (digits.x_test, digits.y_test),
+                             preprocess=digits.preprocess, value_range=digits.value_range, **kw)
+    chunked = cna_tf.CNACallback((digits.x_train, digits.y_train),
+                                 (digits.x_test, digits.y_test), preprocess=counting,
+                                 value_range=digits.value_range, **kw)
+    rows = 96  # 3 forward batches of 32 digits (64 float32 values each) per chunk
+    for split in ("train", "test"):
+        samples = chunked.snapshot_samples[split]
+        assert samples is chunked.epoch_samples[split]   # both "all": one object
+        samples.chunk_bytes, samples.alpha_rows = rows * 64 * 4, 50
+        assert samples.chunk_rows(32) == rows
+    assert np.shares_memory(chunked.snapshot_samples["train"].raw, digits.x_train)
+    model.fit(digits.preprocess(digits.x_train), digits.y_train, epochs=2, batch_size=64,
+              verbose=0, callbacks=[one, chunked])
+    assert max(seen) == rows and len(seen) > 2 * len(digits.x_train) // rows
+    assert sorted(chunked.history) == sorted(one.history) == [0, 1, 2]
+    for epoch, metrics in one.history.items():
+        assert chunked.history[epoch] == pytest.approx(metrics, rel=1e-12, abs=1e-15,
+                                                       nan_ok=True), epoch
+        for split in ("train", "test"):
+            np.testing.assert_array_equal(chunked.snapshots[epoch][split],
+                                          one.snapshots[epoch][split])
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(chunked.snapshot_alpha[split], one.snapshot_alpha[split])
+    assert chunked.curves_csv() == one.curves_csv()

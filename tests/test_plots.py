@@ -206,7 +206,7 @@ def test_callback_records_trajectory_and_snapshot_alpha(trained):
     assert alpha["test"].shape == (300,) and alpha["train"].shape == (300,)
     for e in (0, 1, 2):
         assert cb.snapshots[e]["test"].shape == (300,)
-    np.testing.assert_allclose(alpha["test"], cna_tf.alpha(cb._full_test.raw,
+    np.testing.assert_allclose(alpha["test"], cna_tf.alpha(cb.snapshot_samples["test"].raw,
                                                            value_range=ds.value_range))
     fig = plots.error_by_alpha_quintile(alpha["test"],
                                         {e: s["test"] for e, s in cb.snapshots.items()})
@@ -238,7 +238,7 @@ def _direct_cna(model, vector, alpha, inputs):
 def test_cna_landscape_center_is_the_mean_weights(trained):
     ds, model, cb, _ = trained
     before = [w.copy() for w in model.get_weights()]
-    alpha, inputs = cb.snapshot_alpha["test"], cb._full_test.inputs
+    alpha, inputs = cb.snapshot_alpha["test"], cb.snapshot_samples["test"].inputs
     pca = analysis.trajectory_pca(cb.trajectory)
     r1, r2 = 1.5 * np.abs(pca["coords"]).max(axis=0)
     ls = analysis.cna_landscape(model, cb.trajectory, alpha, inputs, grid=3,
@@ -275,7 +275,7 @@ def test_cna_landscape_center_is_the_mean_weights(trained):
 def test_trajectory_landscape_default_extent(trained):
     _, model, cb, _ = trained
     fig = plots.trajectory_landscape(model, cb.trajectory, cb.snapshot_alpha["test"],
-                               cb._full_test.inputs, grid=4)
+                               cb.snapshot_samples["test"].inputs, grid=4)
     ax = fig.axes[0]
     xlo, xhi = ax.get_xlim()
     coords = analysis.trajectory_pca(cb.trajectory)["coords"]
