@@ -190,7 +190,7 @@ def test_compression_alpha_of_float_images_scales_by_the_range_first():
         compression_alpha(x)
 
 
-# -- measures: margin's percentile and options, the warnings' location ----------------------------
+# -- measures: margin's percentile and options ----------------------------------------------------
 
 def test_margin_percentile_bounds_and_options():
     from cna_tf import measures
@@ -213,10 +213,3 @@ def test_margin_percentile_bounds_and_options():
     assert measures.margin(rows, yy, percentile=0, from_logits=True) != pytest.approx(
         measures.margin(rows, yy, percentile=0))
 
-
-def test_cna_warning_points_at_the_caller():
-    from cna_tf import measures
-
-    with pytest.warns(measures.CNAWarning, match="zero variance") as rec:
-        measures.cna([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
-    assert rec[0].filename == __file__
