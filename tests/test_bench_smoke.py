@@ -48,7 +48,8 @@ def run_bench(script: str, bench_run) -> dict:
     """The JSON that ``script`` wrote in the shared `make bench` run."""
     out, log = bench_run
     name = script[len("bench_"):-len(".py")]
-    files = list(out.glob(f"{name}_*.json"))
+    # <name>_<backend>.json (a backend name has no "_": callback_* is not callback_memory_*)
+    files = [f for f in out.glob(f"{name}_*.json") if "_" not in f.stem[len(name) + 1:]]
     assert len(files) == 1, (files, log[-2000:])
     data = json.loads(files[0].read_text())
     assert data["quick"] is True
@@ -82,6 +83,13 @@ def test_bench_probe(bench_run):
     assert {"mlp/predict", "mlp/probe", "mlp/usual"} <= set(d["memory_growth"])
     usual, probe = d["memory_growth"]["mlp/usual"], d["memory_growth"]["mlp/probe"]
     assert usual["fetched_mb"][1] > probe["fetched_mb"][1]
+    sweep = d["batch_sweep"]
+    assert {r["model"] for r in sweep} == {"mlp", "resnet18"}
+    assert {r["batch_size"] for r in sweep} >= {64, 2048}
+    for r in sweep:
+        assert positive(r["predict_s"], r["probe_s"], r["ratio_median"], r["ratio_fastest"],
+                        r["ratio_cpu"])
+    assert isinstance(d["met_fastest"], bool) and isinstance(d["met_cpu"], bool)
 
 
 def test_bench_measures(bench_run):
@@ -101,6 +109,20 @@ def test_bench_callback(bench_run):
     assert all(math.isfinite(v) for v in d["overhead"].values())
     assert len(d["epoch_intervals"]["callback"]) == d["rounds"] * (d["epochs"] - 2)
     assert d["defaults"] == {"every": 1, "full_every": 20, "max_samples": 2000}
+
+
+def test_bench_callback_memory(bench_run):
+    d = run_bench("bench_callback_memory.py", bench_run)
+    assert [r["n"] for r in d["runs"]] == [6000, 30000]
+    for r in d["runs"]:
+        assert r["raw_train_mb"] == pytest.approx(r["n"] * 3072 / 2**20)
+        assert positive(r["plain"]["peak_rss_mb"], r["callback"]["peak_rss_mb"],
+                        r["callback"]["seconds"], r["allowed_mb"])
+        assert r["callback"]["peak_rss_mb"] >= r["callback"]["rss_before_mb"]
+        assert r["snapshots"] == [0, 1] and r["full_train_samples"] == r["n"]
+        assert r["extra_fraction_of_raw"] == pytest.approx(r["extra_peak_mb"]
+                                                           / r["raw_train_mb"])
+    assert math.isfinite(d["extra_fraction_of_raw"])
 
 
 def test_bench_grid(bench_run):
