@@ -153,10 +153,13 @@ def test_float_alpha_bins_values_on_and_next_to_every_edge_as_numpy_histogram(bi
     for e in edges:   # the edge, the float below it and the float above it (inside [0, 1])
         imgs.append([e, max(np.nextafter(e, -1.0), 0.0), min(np.nextafter(e, 2.0), 1.0)])
         imgs.append([e, e, max(np.nextafter(e, -1.0), 0.0)])
-    x = np.array(imgs) * 4.0 - 2.0                       # on the declared range (-2, 2)
-    want = [_hist_alpha(img, bins, -2.0, 2.0) for img in x]
-    got = alpha(x, bins=bins, value_range=(-2.0, 2.0))
+    x = np.array(imgs)                                  # exact values on the range (0, 1)
+    want = [_hist_alpha(img, bins, 0.0, 1.0) for img in x]
+    got = alpha(x, bins=bins, value_range=(0.0, 1.0))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    y = x * 4.0 - 2.0                                   # and on another range
+    np.testing.assert_allclose(alpha(y, bins=bins, value_range=(-2.0, 2.0)),
+                               [_hist_alpha(img, bins, -2.0, 2.0) for img in y], rtol=0, atol=1e-12)
 
 
 def test_float_alpha_over_several_chunks_equals_numpy_histogram():
@@ -188,6 +191,12 @@ def test_compression_alpha_of_float_images_scales_by_the_range_first():
     np.testing.assert_allclose(compression_alpha(as_u8), want, rtol=0, atol=0)
     with pytest.raises(ValueError, match="value range of float64 images"):
         compression_alpha(x)
+    # 0.01565 above the low end is 0.499 of a grey level at 255/8 per unit: rounds to 0, so this
+    # two-valued image is one constant byte (a scale of 256/8 would make it two bytes)
+    two = np.where(rng.random((1, 64)) < 0.5, -3.0, -3.0 + 0.01565)
+    const = np.full((1, 64), -3.0)
+    assert compression_alpha(two, value_range=(-3.0, 5.0))[0] == \
+        compression_alpha(const, value_range=(-3.0, 5.0))[0]
 
 
 # -- measures: margin's percentile and options ----------------------------------------------------
