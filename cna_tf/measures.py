@@ -95,8 +95,10 @@ def cna(alpha, beta, method: str = "pearson") -> float:
 
 
 def _smooth(v: np.ndarray, window: int) -> np.ndarray:
-    c = np.cumsum(np.concatenate([[0.0], v]))
-    return (c[window:] - c[:-window]) / window
+    # Each window summed on its own (not as differences of a running sum): a constant input
+    # stays exactly constant, so the b_span == 0 case of `curves` is reached (a cumsum
+    # difference leaves ~1e-18 that the min-max normalization blows up to an area of 0.26).
+    return np.convolve(v, np.full(window, 1.0 / window), mode="valid")
 
 
 def curves(alpha_train, beta_train, alpha_test, beta_test, window: int = 25,

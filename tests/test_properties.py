@@ -43,9 +43,6 @@ def test_alpha_unchanged_by_permuting_each_images_pixels(x, b, seed):
     assert np.all(a >= -1e-12) and np.all(a <= np.log(min(b, x[0].size)) + 1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "wart: alpha of a constant image is -2.2e-16, not 0 (complexity._entropy_of_counts computes "
-    "ln N - N ln N / N); an entropy below 0, and tied alphas that differ in the last bit"))
 def test_alpha_of_a_constant_image_is_exactly_zero():
     x = np.zeros((1, 2, 3), np.uint8)
     assert cna_tf.alpha(x, bins=1)[0] == 0.0
@@ -159,11 +156,6 @@ def test_cna_area_symmetric_and_unchanged_by_increasing_affine_maps(tr, te, wind
     assert mapped == pytest.approx(area, rel=1e-6, abs=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: cna_area of a constant beta is not 0: the cumsum running mean of measures._smooth "
-    "leaves ~1e-18 round-off in a constant series, and the shared min-max normalization blows "
-    "it up to [0, 1] (beta = 3.7 everywhere gives 0.26; the code's b_span == 0 branch, meant "
-    "for this case, is never taken)"))
 def test_cna_area_of_a_constant_beta_is_zero():
     rng = np.random.default_rng(0)
     a_tr, a_te = rng.normal(size=200), rng.normal(size=150)
