@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -119,23 +119,6 @@ class EpochLogger(keras.callbacks.Callback):
                if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
         if own:
             mlflow.log_metrics(own, step=epoch + 1)
-
-
-class KillAt(keras.callbacks.Callback):
-    """Fault injection for the kill tests: SIGKILLs this process at the end of an epoch.
-
-    Active only with env ``CNA_TF_KILL_AT_EPOCH=N``; placed after the backup and before the CNA
-    measurement, the narrowest window in which a kill could lose or double a logged epoch.
-    """
-
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.kill_epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.kill_epoch:
-            import signal
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _save_weights(path: Path, weights: Dict[str, Any]) -> None:
@@ -249,8 +232,17 @@ def log_figures(cb, model, p: Dict[str, Any]) -> List[str]:
     return logged
 
 
-def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> Dict[str, float]:
-    """Trains one cell inside the active (or a new) MLflow run; returns the final metrics."""
+def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
+          extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> Dict[str, float]:
+    """Trains one cell inside the active (or a new) MLflow run; returns the final metrics.
+
+    Args:
+        p: the cell's normalized parameters (`cells.normalize`).
+        parent_run_id: a grid run to attach to as a child.
+        backup_dir: the cell's resume state (default ``.cna_backup/<cell key>``).
+        extra_callbacks: Keras callbacks run each epoch after the backup is written and before
+            the CNA measurement (the tests' fault injection uses this window).
+    """
     import mlflow
 
     import cna_tf
@@ -316,8 +308,7 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> D
     stop = StopAtLoss(p["stop_loss"]) if p["stop_loss"] > 0 else None
     if stop is not None:
         callbacks.insert(2, stop)
-    if os.environ.get("CNA_TF_KILL_AT_EPOCH"):
-        callbacks.insert(-1, KillAt(int(os.environ.pop("CNA_TF_KILL_AT_EPOCH"))))
+    callbacks[-1:-1] = list(extra_callbacks)
     if augment:
         x = ds.pipeline("train", batch_size=p["batch_size"], augment=True, seed=p["seed"])
         fit_kw: Dict[str, Any] = {}
@@ -347,7 +338,8 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "") -> D
     return final
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None,
+         extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> None:
     args = parse_args(argv)
     p = normalize({k: getattr(args, k) for k in ALL_PARAMS})
     if args.cell_key and args.cell_key != cell_key(p):
@@ -358,7 +350,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     t0 = time.time()
     # Uses MLFLOW_RUN_ID when the grid (or `mlflow run`) created the run; resumes it if it exists.
     with mlflow.start_run() as run:
-        final = train(p, parent_run_id=args.parent_run_id, backup_dir=args.backup_dir)
+        final = train(p, parent_run_id=args.parent_run_id, backup_dir=args.backup_dir,
+                      extra_callbacks=extra_callbacks)
         mlflow.log_metric("train_seconds", time.time() - t0)
     shown = {k: final.get(k) for k in ("cna_test", "cna_area", "cna_margin", "gen_gap")}
     print(f"run {run.info.run_id} cell {cell_key(p)} finished in {time.time() - t0:.1f}s: "

@@ -48,8 +48,9 @@ def test_train_killed_after_backup_resumes_and_logs_each_epoch_once(tmp_path, ki
     backup = tmp_path / "backup"
     cmd = [sys.executable, str(ROOT / "pipelines" / "train.py"), *TINY, "--epochs", "6",
            "--snapshot_every", "2", "--backup_dir", str(backup)]
-    first = subprocess.run(cmd, env=dict(env, MLFLOW_RUN_ID=run_id,
-                                         CNA_TF_KILL_AT_EPOCH=str(kill_epoch)),
+    first = subprocess.run([sys.executable, str(ROOT / "tests" / "fault_train.py"), *cmd[2:]],
+                           env=dict(env, MLFLOW_RUN_ID=run_id,
+                                    CNA_TF_KILL_AT_EPOCH=str(kill_epoch)),
                            capture_output=True, text=True, timeout=600)
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     assert client.get_run(run_id).info.status == "RUNNING"   # what a kill leaves behind
@@ -157,3 +158,42 @@ def test_grid_killed_mid_cell_and_between_cells_finishes_each_cell_once(tmp_path
     deleted = client.search_runs([grids[0].info.experiment_id], "tags.`cna_tf.role` = 'train'",
                                  run_view_type=2)  # ViewType.DELETED_ONLY
     assert all(r.data.tags["cna_tf.cell_key"] in want for r in deleted)
+
+
+@pytest.mark.slow
+def test_a_new_run_never_resumes_another_runs_backup(tmp_path):
+    """A crashed run's backup (same cell, same folder) is discarded by a fresh run of the cell."""
+    env = _env(tmp_path)
+    client = _client(env)
+    exp = client.create_experiment("foreign")
+    crashed = client.create_run(exp).info.run_id
+    backup = tmp_path / "backup"
+    args = [*TINY, "--epochs", "4", "--snapshot_every", "2", "--backup_dir", str(backup)]
+    first = subprocess.run([sys.executable, str(ROOT / "tests" / "fault_train.py"), *args],
+                           env=dict(env, MLFLOW_RUN_ID=crashed, CNA_TF_KILL_AT_EPOCH="2"),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert (backup / "training_metadata.json").exists()
+    fresh = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train.py"), *args],
+                           env=dict(env, MLFLOW_EXPERIMENT_ID=exp), capture_output=True,
+                           text=True, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert f"discarded the backup in {backup}: run {crashed} wrote it" in fresh.stdout
+    runs = [r for r in client.search_runs([exp]) if r.info.run_id != crashed]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert "cna_tf.resumed_from_epoch" not in runs[0].data.tags
+    assert _steps(client, runs[0].info.run_id, "cna_train") == list(range(5))  # from epoch 0
+    assert _steps(client, crashed, "cna_train") == [0, 1]  # the crashed run is left as it was
+
+
+def test_backup_is_owned_by_the_run_that_wrote_it(tmp_path):
+    import backup as backup_store
+
+    d = tmp_path / "cell"
+    assert backup_store.claim(d, "run-a") is False and backup_store.owner(d) == "run-a"
+    (d / "training_metadata.json").write_text("{}")  # an epoch backed up by run-a
+    assert backup_store.has_backup(d) and backup_store.has_backup(d, "run-a")
+    assert not backup_store.has_backup(d, "run-b")
+    assert backup_store.claim(d, "run-a") is True                      # run-a resumes
+    assert backup_store.claim(d, "run-b") is False                     # run-b starts fresh
+    assert backup_store.owner(d) == "run-b" and not (d / "training_metadata.json").exists()

@@ -471,7 +471,8 @@ def _train(tmp_path, client, exp, name, kill_at=None, run_id=None):
     env["MLFLOW_RUN_ID"] = run_id
     if kill_at is not None:
         env["CNA_TF_KILL_AT_EPOCH"] = str(kill_at)
-    cmd = [sys.executable, str(ROOT / "pipelines" / "train.py"), *TINY,
+    script = ROOT / ("tests/fault_train.py" if kill_at is not None else "pipelines/train.py")
+    cmd = [sys.executable, str(script), *TINY,
            "--backup_dir", str(tmp_path / f"backup_{run_id}")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     return run_id, proc
