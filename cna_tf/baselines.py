@@ -626,13 +626,21 @@ def bound_2018(model: keras.Model, margin: float, initial_weights: InitialWeight
     Raises:
         ValueError: ``initial_weights`` that do not match the model, or a bad ``train_size``.
     """
+    initial_weights, log_gamma, _, mats, (_, _, log_sig) = _prepare(
+        model, margin, initial_weights, "bound_2018 is")
+    return _exp(_log_bound(mats, log_sig, log_gamma, initial_weights, train_size))
+
+
+def _prepare(model, margin: float, initial_weights: InitialWeights, nan_what: str):
+    """What `bound_2018` and `compute` both start from: the initial kernels, log gamma (with a
+    `CNAWarning` naming ``nan_what`` when the margin makes them NaN), the kernel matrices and
+    their log products."""
     initial_weights = initial_kernels(model, initial_weights)
     log_gamma, reason = _log_gamma(margin)
     if reason:
-        _warn(f"bound_2018 is NaN: {reason}")
+        warnings.warn(f"{nan_what} NaN: {reason}", CNAWarning, stacklevel=3)  # the caller of compute/bound_2018
     mats = kernel_matrices(model)
-    _, _, log_sig = _log_products(mats)
-    return _exp(_log_bound(mats, log_sig, log_gamma, initial_weights, train_size))
+    return initial_weights, log_gamma, reason, mats, _log_products(mats)
 
 
 def compute(model: keras.Model, margin: float, initial_weights: InitialWeights = None,
@@ -662,12 +670,8 @@ def compute(model: keras.Model, margin: float, initial_weights: InitialWeights =
         cna_tf.UntraceableModelError: a subclassed or unbuilt model.
         ValueError: ``initial_weights`` that do not match the model, or a bad ``train_size``.
     """
-    initial_weights = initial_kernels(model, initial_weights)
-    log_gamma, reason = _log_gamma(margin)
-    if reason:
-        _warn(f"l2, spectral, l2_path and bound_2018 are NaN: {reason}")
-    mats = kernel_matrices(model)
-    log_l2, log_spec, log_sig = _log_products(mats)
+    initial_weights, log_gamma, reason, mats, (log_l2, log_spec, log_sig) = _prepare(
+        model, margin, initial_weights, "l2, spectral, l2_path and bound_2018 are")
     log_path = _log_path(model)
     if initial_weights is None:
         _warn("dist_init is NaN: no initial_weights were given (capture them with "
