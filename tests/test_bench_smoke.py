@@ -158,9 +158,12 @@ def test_bench_layer_outputs(bench_run):
 def test_bench_flatness(bench_run):
     d = run_bench("bench_flatness.py", bench_run)
     names = {"pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_mag_flatness"}
-    assert {k.split("/", 1)[1] for k in d["results"]} == names
+    assert {k.split("/", 1)[0] for k in d["results"]} == {"digits"}  # --quick: digits only
+    assert names <= {k.split("/", 1)[1] for k in d["results"]}
+    assert positive(d["results"]["digits/total_seconds"])
     for key, r in d["results"].items():
-        assert key.startswith("digits/")
+        if key.split("/", 1)[1] not in names:
+            continue
         assert positive(r["flatness"], r["value"], r["forward_passes"], r["seconds"],
                         r["steps"]), key
         assert 0 < r["value"] <= 2 and r["flatness"] == pytest.approx(1 / r["value"] ** 2)

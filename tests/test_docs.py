@@ -9,7 +9,7 @@ Each one is in exactly one table below:
   runs go to a temporary folder.
 * ``CI``: ``.ci/run`` runs it on every clean clone (``make test`` cannot run inside itself).
 * ``ELSEWHERE``: another test runs it as written and checks its output (named there).
-* ``NOT_HERE``: it needs what this machine and CI do not have (a Docker engine, a Kubernetes
+* ``NOT_HERE`` (or ``NOT_HERE_PREFIX``, by its start): it needs what this machine and CI do not have (a Docker engine, a Kubernetes
   or remote Ray cluster, a PostgreSQL + S3 server on a public interface); each says why and
   which test covers the part that can run here.
 
@@ -42,7 +42,7 @@ RUN: Dict[str, str] = {
     ". .venv/bin/activate": "",
     "make ui": "",
     "make demo-quick": "",
-    "make reproduce": 'PARAMS="-P quick=true -P seeds=1"',
+    "make reproduce": 'PARAMS="-P quick=true -P seeds=1 -P datasets=digits"',
     "make test-fast": "TESTS=tests/test_measures.py",
     "mlflow run . --env-manager local -e grid --experiment-name cna_tf-demo -P config=demo "
     "-P workers=2": "-P max_cells=2",
@@ -51,7 +51,7 @@ RUN: Dict[str, str] = {
     "-P all_runs=true": "",
     "mlflow run . --env-manager local -e train -P arch=resnet18 -P dataset=mnist -P width=0.25":
         "-P epochs=1 -P n_train=256 -P n_test=128 -P max_samples=128 -P batch_size=64",
-    "mlflow run . --env-manager local -e reproduce -P quick=true": "-P seeds=1",
+    "mlflow run . --env-manager local -e reproduce -P quick=true": "-P seeds=1 -P datasets=digits",
     "mlflow run . --env-manager local": "-P max_cells=2",
     "mlflow run . --env-manager local -e grid -P config=demo -P backend=ray": "-P max_cells=2",
 }
@@ -71,11 +71,6 @@ NOT_HERE: Dict[str, str] = {
         "tests/test_servers.py runs mlflow server on PostgreSQL",
     "export MLFLOW_S3_ENDPOINT_URL=http://minio:9000": "sets a variable for an S3 store",
     "export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...": "credentials for an S3 store",
-    'mlflow server --backend-store-uri postgresql://mlflow:PASSWORD@postgres:5432/mlflow '
-    '--artifacts-destination s3://cna-tf-artifacts --host 0.0.0.0 --port 5000 --workers 4 '
-    '--allowed-hosts "mlflow.example.com,mlflow.cna-tf.svc,mlflow.cna-tf.svc:5000"':
-        "needs a PostgreSQL host and an S3 bucket and binds every interface; "
-        "tests/test_servers.py runs the same server on a local PostgreSQL at 127.0.0.1",
     "mlflow run . -e grid -P config=paper -P backend=kubernetes "
     "-P backend_config=k8s/backend_config.json -P workers=16":
         "needs a Kubernetes cluster; tests/test_k8s.py checks the backend config, job template "
@@ -98,6 +93,15 @@ NOT_HERE: Dict[str, str] = {
     "mlflow run . --env-manager local -e grid -P config=paper -P backend=ray "
     "-P ray_address=ray://cna-tf-head-svc:10001 -P ray_gpus_per_cell=1":
         "runs inside a Ray cluster on Kubernetes",
+}
+
+
+#: command prefix -> why no command starting with it runs here (the docs' public tracking server,
+#: whose exact line binds every interface: tests never spell such an address)
+NOT_HERE_PREFIX: Dict[str, str] = {
+    "mlflow server --backend-store-uri postgresql://mlflow:PASSWORD@postgres:5432/mlflow":
+        "needs a PostgreSQL host and an S3 bucket and serves on a public interface; "
+        "tests/test_servers.py runs the same server on a local PostgreSQL at 127.0.0.1",
 }
 
 
@@ -152,7 +156,9 @@ def test_every_documented_command_is_covered():
     tables = [set(RUN), set(CI), set(NOT_HERE), set(ELSEWHERE)]
     assert sum(map(len, tables)) == len(set().union(*tables)), "a command in two tables"
     covered = set().union(*tables)
-    missing = sorted(documented - covered)
+    by_prefix = {c for c in documented if c.startswith(tuple(NOT_HERE_PREFIX))}
+    assert all(any(c.startswith(p) for c in documented) for p in NOT_HERE_PREFIX)
+    missing = sorted(documented - covered - by_prefix)
     assert not missing, ("documented commands no test runs (add each to RUN with its size "
                          f"parameters, or to NOT_HERE with why): {missing}")
     stale = sorted(covered - documented)
