@@ -145,6 +145,25 @@ def _cmi_notes(rows: List[Dict[str, Any]], scopes: List[str]) -> List[str]:
     return out
 
 
+#: MLflow keeps at most this many characters of a tag (the run's Description is one)
+DESCRIPTION_LIMIT = 8000
+
+
+def description(intro: str, tables: List[str], limit: int = DESCRIPTION_LIMIT) -> str:
+    """The compare run's Description: the intro and as many whole tables as MLflow keeps.
+
+    Tables that would not fit are named, not cut: all are in ``compare/correlations.md``.
+    """
+    text = intro
+    for i, table in enumerate(tables):
+        if len(text) + 2 + len(table) > limit - 200:  # 200: room for the note below
+            targets = [t.split("`")[1] for t in tables[i:] if "`" in t]
+            return (f"{text}\n\nThe other {len(tables) - i} table(s) (correlation with "
+                    f"{', '.join(targets)}) are in the artifact compare/correlations.md.\n")
+        text += f"\n\n{table}"
+    return text + "\n"
+
+
 def to_csv(rows: List[Dict[str, Any]]) -> str:
     fields = list(dict.fromkeys(k for r in rows for k in r))
     out = io.StringIO()
@@ -291,10 +310,11 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         mlflow.set_tags({TAG + "role": "compare", TAG + "grid_run_id": grid_id or "",
                          "mlflow.runName": "compare" + (f"-{grid_name}" if grid_name else ""),
                          # the run page's Description
-                         "mlflow.note.content": f"Metrics ranked by their correlation with the "
-                                                f"generalization gap over {len(instances)} "
-                                                f"network instances ({len(runs)} runs, "
-                                                f"{scope}).\n\n{tables}\n"})
+                         "mlflow.note.content": description(
+                             f"Metrics ranked by their correlation with the generalization gap "
+                             f"over {len(instances)} network instances ({len(runs)} runs, "
+                             f"{scope}).",
+                             [markdown(rows, t) for t in TARGETS + ("test_acc",)])})
         log_launch("compare", {k: getattr(args, k) for k in declared("compare")})
         log_resolved({"grid_run_id": grid_id or "all", "experiment": exp.name})
         mlflow.log_metrics({"runs": len(runs), "instances": len(instances)})

@@ -436,3 +436,17 @@ def test_a_grid_cell_has_the_params_of_the_same_cell_launched_with_mlflow_run(ti
     assert by_hand.info.status == "FINISHED"
     assert by_hand.data.params == kid.data.params
     assert by_hand.data.tags["cna_tf.cell_key"] == kid.data.tags["cna_tf.cell_key"]
+
+
+def test_compare_description_keeps_whole_tables_within_mlflows_tag_limit():
+    import compare
+
+    tables = [f"Correlation with `{t}`: Pearson\n" + "|x|\n" * n
+              for t, n in (("gen_gap", 1200), ("loss_gap", 900), ("test_acc", 50))]
+    text = compare.description("Metrics ranked.", tables)
+    assert len(text) <= compare.DESCRIPTION_LIMIT
+    assert tables[0] in text and tables[1] not in text  # whole tables only, never a cut one
+    assert "(correlation with loss_gap, test_acc) are in the artifact compare/correlations.md" \
+        in text
+    short = compare.description("Metrics ranked.", [t[:60] for t in tables])
+    assert all(t[:60] in short for t in tables) and "artifact" not in short
