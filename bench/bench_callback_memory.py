@@ -103,12 +103,8 @@ def mem_worker(n: int, n_test: int) -> dict:
 
 
 def mem_case(n: int, n_test: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--mem-worker", json.dumps([n, n_test])]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"memory worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    from common import run_worker
+    return run_worker(__file__, [n, n_test])
 
 
 def main() -> None:

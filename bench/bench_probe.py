@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -172,13 +171,8 @@ def mem_worker(name: str, width: float, n: int, method: str, batch_size: int) ->
 
 
 def mem_case(name, width, n, method, batch_size) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--mem-worker",
-           json.dumps([name, width, n, method, batch_size])]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"memory worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    from common import run_worker
+    return run_worker(__file__, [name, width, n, method, batch_size])
 
 
 def main() -> None:

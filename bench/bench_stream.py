@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -100,12 +99,8 @@ def mem_worker(n: int, batch_size: int) -> dict:
 
 
 def mem_case(n: int, batch_size: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--mem-worker", json.dumps([n, batch_size])]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"memory worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    from common import run_worker
+    return run_worker(__file__, [n, batch_size])
 
 
 def main() -> None:

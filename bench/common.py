@@ -114,6 +114,24 @@ def interleaved_cpu(fns: Dict[str, Callable[[], object]], repeats: int = 5, warm
     return wall, cpu
 
 
+def run_worker(script: str, args: List[object]) -> Dict[str, object]:
+    """Runs ``python SCRIPT --mem-worker JSON(args)`` in a fresh process (so its peak RSS is its
+    own) and returns the last JSON object it printed.
+
+    Raises:
+        RuntimeError: the worker failed or printed no JSON (its stderr's end is in the message).
+    """
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, os.path.abspath(script), "--mem-worker", json.dumps(args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"memory worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
 def median(v: List[float]) -> float:
     return statistics.median(v)
 
