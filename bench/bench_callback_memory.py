@@ -25,7 +25,6 @@ Run: .venv/bin/python bench/bench_callback_memory.py [--quick] [--out DIR] [--n 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -112,13 +111,8 @@ def main() -> None:
     ap.add_argument("--n", default=None,
                     help="training-set sizes, comma-separated (default 60000,600000; "
                          "quick 6000,30000)")
-    ap.add_argument("--mem-worker", default=None, help=argparse.SUPPRESS)
-    from common import add_common_args
-    add_common_args(ap)
-    args = ap.parse_args()
-    if args.mem_worker:
-        print(json.dumps(mem_worker(*json.loads(args.mem_worker))))
-        return
+    from common import parse_args
+    args = parse_args(ap, worker=mem_worker)
     from common import load, machine, save, table
     q = args.quick
     sizes = [int(v) for v in (args.n or ("6000,30000" if q else "60000,600000")).split(",")]

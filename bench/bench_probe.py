@@ -27,7 +27,6 @@ Run: .venv/bin/python bench/bench_probe.py [--quick] [--out DIR]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -190,13 +189,8 @@ def main() -> None:
                     help="ResNet-18 sizes of the memory runs (default 250,1000; quick: none)")
     ap.add_argument("--usual-max-gb", type=float, default=2.0,
                     help="cap on the activations the usual way fetches in the timing runs")
-    ap.add_argument("--mem-worker", default=None, help=argparse.SUPPRESS)
-    from common import add_common_args
-    add_common_args(ap)
-    args = ap.parse_args()
-    if args.mem_worker:
-        print(json.dumps(mem_worker(*json.loads(args.mem_worker))))
-        return
+    from common import parse_args
+    args = parse_args(ap, worker=mem_worker)
     from common import load, machine, save, table
     q = args.quick
     n_mlp = args.mlp_n or (2_000 if q else 10_000)

@@ -19,7 +19,6 @@ Run: .venv/bin/python bench/bench_stream.py [--quick] [--out DIR] [--n 60000,600
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -109,13 +108,8 @@ def main() -> None:
                     help="training-stream sizes, comma-separated (default 60000,600000; "
                          "quick 1200,6000)")
     ap.add_argument("--batch-size", type=int, default=1000)
-    ap.add_argument("--mem-worker", default=None, help=argparse.SUPPRESS)
-    from common import add_common_args
-    add_common_args(ap)
-    args = ap.parse_args()
-    if args.mem_worker:
-        print(json.dumps(mem_worker(*json.loads(args.mem_worker))))
-        return
+    from common import parse_args
+    args = parse_args(ap, worker=mem_worker)
     from common import load, machine, save, table
     q = args.quick
     sizes = [int(v) for v in (args.n or ("1200,6000" if q else "60000,600000")).split(",")]

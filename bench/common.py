@@ -114,6 +114,26 @@ def interleaved_cpu(fns: Dict[str, Callable[[], object]], repeats: int = 5, warm
     return wall, cpu
 
 
+def parse_args(ap, worker: Optional[Callable[..., object]] = None):
+    """`add_common_args`, then the parsed arguments.
+
+    With ``worker``, the script is also its own memory worker (the other end of `run_worker`):
+    started as ``--mem-worker JSON``, it runs ``worker(*JSON)``, prints the result as JSON and
+    exits, so the measurement happens in a process of its own.
+    """
+    import argparse
+    import sys
+
+    add_common_args(ap)
+    if worker is not None:
+        ap.add_argument("--mem-worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if worker is not None and args.mem_worker:
+        print(json.dumps(worker(*json.loads(args.mem_worker))))
+        sys.exit(0)
+    return args
+
+
 def run_worker(script: str, args: List[object]) -> Dict[str, object]:
     """Runs ``python SCRIPT --mem-worker JSON(args)`` in a fresh process (so its peak RSS is its
     own) and returns the last JSON object it printed.
