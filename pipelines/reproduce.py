@@ -68,6 +68,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--n_test", type=parse_int, default=0, help="test subsample (0: all)")
     ap.add_argument("--trajectory", default="true",
                     help="record the first seed's weight trajectory for Fig 5")
+    ap.add_argument("--workers", type=parse_int, default=1,
+                    help="runs trained at once, each in its own process (1: in this process)")
     ap.add_argument("--quick", default="false",
                     help=f"tiny protocol for tests: overrides {', '.join(QUICK)} with {QUICK}")
     ap.add_argument("--experiment", default="",
@@ -100,34 +102,90 @@ def protocol(args: argparse.Namespace) -> Tuple[Dict[str, Any], List[Dict[str, A
 
 # -- training ------------------------------------------------------------------------------------
 
-def run_cells(cells: Sequence[Dict[str, Any]], backup_root: Path) -> List[Dict[str, Any]]:
-    """Trains each cell as a nested child run of the active run; one failure stops nothing."""
+def train_cell(p: Dict[str, Any], backup_dir: str, parent_id: str, experiment_id: str,
+               tracking_uri: str) -> Dict[str, Any]:
+    """Trains one cell as a child run of ``parent_id``; a failure is returned, never raised.
+
+    Runs in this process (``workers`` 1) or in a worker process of `run_cells`' pool, which
+    has no active run: the child run is attached to the parent by ``parent_run_id``.
+    """
     import keras
     import mlflow
 
     import train as train_step
 
-    done = []
-    for i, p in enumerate(cells, 1):
-        t0 = time.time()
-        status, error, run_id = "FINISHED", "", ""
-        name = f"{p['dataset']}-seed{p['seed']}"
-        print(f"[{i}/{len(cells)}] training {name} ({p['epochs']} epochs, width {p['width']:g})",
+    t0 = time.time()
+    status, error, run_id = "FINISHED", "", ""
+    name = f"{p['dataset']}-seed{p['seed']}"
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(run_name=name, experiment_id=experiment_id,
+                              nested=mlflow.active_run() is not None,
+                              parent_run_id=parent_id) as child:
+            run_id = child.info.run_id
+            train_step.train(p, backup_dir=backup_dir)
+            mlflow.log_metric("train_seconds", time.time() - t0)
+    except Exception as e:  # the report lists it; the other runs go on
+        status, error = "FAILED", f"{type(e).__name__}: {e}"
+        traceback.print_exc()
+    keras.backend.clear_session()
+    return {"dataset": p["dataset"], "seed": p["seed"], "run_id": run_id, "status": status,
+            "error": error, "seconds": time.time() - t0}
+
+
+def _worker_init(threads: int) -> None:
+    """Splits the cores between the workers (before a worker imports its backend)."""
+    for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+
+def run_cells(cells: Sequence[Dict[str, Any]], backup_root: Path, parent_id: str,
+              experiment_id: str, workers: int = 1) -> List[Dict[str, Any]]:
+    """Trains each cell as a child run of ``parent_id``, ``workers`` at a time.
+
+    One worker trains in this process; more train in fresh (spawned) processes, each given an
+    equal share of the cores. One failure, or one worker process dying, stops nothing.
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    names = [f"{p['dataset']}-seed{p['seed']}" for p in cells]
+    args = [(p, str(backup_root / cell_key(p)), parent_id, experiment_id, uri) for p in cells]
+    for i, (p, name) in enumerate(zip(cells, names), 1):
+        print(f"[{i}/{len(cells)}] training {name} ({p['epochs']} epochs, width {p['width']:g})"
+              + (f", {workers} at a time" if workers > 1 else ""), flush=True)
+    done: List[Optional[Dict[str, Any]]] = [None] * len(cells)
+
+    def finish(i: int, r: Dict[str, Any]) -> None:
+        done[i] = r
+        print(f"[{i + 1}/{len(cells)}] {r['status']} {names[i]} in {r['seconds']:.0f}s",
               flush=True)
-        try:
-            with mlflow.start_run(run_name=name, nested=True) as child:
-                run_id = child.info.run_id
-                train_step.train(p, backup_dir=str(backup_root / cell_key(p)))
-                mlflow.log_metric("train_seconds", time.time() - t0)
-        except Exception as e:  # the report lists it; the other runs go on
-            status, error = "FAILED", f"{type(e).__name__}: {e}"
-            traceback.print_exc()
-        keras.backend.clear_session()
-        seconds = time.time() - t0
-        print(f"[{i}/{len(cells)}] {status} {name} in {seconds:.0f}s", flush=True)
-        done.append({"dataset": p["dataset"], "seed": p["seed"], "run_id": run_id,
-                     "status": status, "error": error, "seconds": seconds})
-    return done
+
+    if workers <= 1:
+        for i, a in enumerate(args):
+            finish(i, train_cell(*a))
+        return done  # type: ignore[return-value]
+
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=min(workers, len(cells)),
+                             mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(train_cell, *a): i for i, a in enumerate(args)}
+        t0 = time.time()
+        for f in as_completed(futures):
+            i = futures[f]
+            try:
+                finish(i, f.result())
+            except Exception as e:  # the worker process died (killed, out of memory)
+                finish(i, {"dataset": cells[i]["dataset"], "seed": cells[i]["seed"],
+                           "run_id": "", "status": "FAILED",
+                           "error": f"worker process died: {type(e).__name__}: {e}",
+                           "seconds": time.time() - t0})
+    return done  # type: ignore[return-value]
 
 
 # -- reading the runs back -------------------------------------------------------------------------
@@ -312,7 +370,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             log_launch("reproduce", {k: getattr(args, k) for k in declared("reproduce")})
             log_resolved(dict(common, datasets=",".join(dict.fromkeys(c["dataset"]
                                                                      for c in cells))))
-            runs = run_cells(cells, backup_root)
+            runs = run_cells(cells, backup_root, run.info.run_id, run.info.experiment_id,
+                             args.workers)
             seconds = time.time() - t0
             mlflow.log_metric("train_seconds_total", sum(r["seconds"] for r in runs))
             result = report(client, run.info.run_id, run.info.experiment_id, common, runs,

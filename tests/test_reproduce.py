@@ -99,10 +99,11 @@ def test_mlproject_reproduce_entry_point_matches_the_script():
     args = reproduce.parse_args(cmd[2:])
     assert set(entry.parameters) == {"datasets", "seeds", "epochs", "width", "batch_size", "lr",
                                      "snapshot_every", "n_train", "n_test", "trajectory",
-                                     "quick"}
+                                     "quick", "workers"}
     assert (args.datasets, args.seeds, args.epochs, args.width, args.batch_size, args.lr) == \
         ("mnist5k,digits", 3, 20, 1.0, 64, 0.05)
-    assert (args.snapshot_every, args.trajectory, args.quick) == (1, "true", "false")
+    assert (args.snapshot_every, args.trajectory, args.quick, args.workers) == \
+        (1, "true", "false", 1)
 
 
 # -- end to end ----------------------------------------------------------------------------------
