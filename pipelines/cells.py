@@ -180,6 +180,33 @@ def load_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> Tuple[str
     return str(data.get("name") or default_name), list(cells.values())
 
 
+def select(cells: List[Dict[str, Any]], datasets: str, config: str = "the config"
+           ) -> List[Dict[str, Any]]:
+    """The cells of the given datasets (comma-separated, any spelling), in config order.
+
+    An empty ``datasets`` keeps every cell. E.g. ``select(cells, "mnist")`` on the ``paper``
+    config keeps its MNIST rows (the paper's grid where the data exists offline).
+
+    Raises:
+        ConfigError: an unknown dataset name, or one the config has no cell for.
+    """
+    from cna_tf.data.names import canonical_name
+
+    wanted = [w.strip() for w in str(datasets or "").split(",") if w.strip()]
+    if not wanted:
+        return list(cells)
+    try:
+        names = [canonical_name(w) for w in wanted]
+    except ValueError as e:
+        raise ConfigError(f"datasets={datasets!r}: {e}") from None
+    present = list(dict.fromkeys(c["dataset"] for c in cells))
+    absent = [n for n in names if n not in present]
+    if absent:
+        raise ConfigError(f"{config} has no cells for dataset(s) {absent}; its datasets are "
+                          f"{present}: give some of those in datasets=")
+    return [c for c in cells if c["dataset"] in names]
+
+
 def cli_args(params: Mapping[str, Any]) -> List[str]:
     """``--name value`` arguments of ``train.py`` for a cell."""
     out: List[str] = []

@@ -15,6 +15,7 @@ kubernetes backend).
 
     python pipelines/grid.py --config demo --workers 2
     python pipelines/grid.py --config demo --backend ray                      # local Ray runtime
+    python pipelines/grid.py --config paper --datasets mnist           # its MNIST rows, offline
     python pipelines/grid.py --config paper --backend ray --ray_address ray://head:10001 \
         --ray_gpus_per_cell 1
     python pipelines/grid.py --config paper --backend kubernetes --backend_config k8s.json
@@ -34,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backup import has_backup  # noqa: E402
-from cells import ConfigError, cell_key, cli_args, load_config  # noqa: E402
+from cells import ConfigError, cell_key, cli_args, load_config, select  # noqa: E402
 from executors import (FORWARD_ENV, KubernetesExecutor, LocalExecutor, RayExecutor,  # noqa: E402
                        require_ray)
 from params import declared, log_launch, log_resolved, parse_float, parse_int  # noqa: E402
@@ -58,6 +59,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     "cna_tf-<config>)")
     ap.add_argument("--backup_root", default="",
                     help="where cells keep resume state (default .cna_backup)")
+    ap.add_argument("--datasets", default="",
+                    help="only the cells of these datasets (comma-separated; empty: all), e.g. "
+                    "mnist for the paper's grid where the data exists offline")
     ap.add_argument("--max_cells", type=parse_int, default=0,
                     help="only the first N cells (0: all)")
     ap.add_argument("--ray_address", default="",
@@ -339,6 +343,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     args = parse_args(argv)
     try:
         name, cells = load_config(args.config)
+        cells = select(cells, args.datasets, f"config {name!r}")
         if args.max_cells:
             cells = cells[:args.max_cells]
         backup_root = Path(args.backup_root or os.environ.get("CNA_TF_BACKUP_DIR", ".cna_backup"))

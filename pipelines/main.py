@@ -26,6 +26,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--ray_gpus_per_cell", type=parse_float, default=0.0)
     ap.add_argument("--ray_max_retries", type=parse_int, default=3)
     ap.add_argument("--max_cells", type=parse_int, default=0)
+    ap.add_argument("--datasets", default="", help="only the cells of these datasets")
     return ap.parse_args(argv)
 
 
@@ -35,7 +36,8 @@ def grid_parameters(args: argparse.Namespace) -> dict:
             "backend_config": args.backend_config, "ray_address": args.ray_address,
             "ray_cpus_per_cell": args.ray_cpus_per_cell,
             "ray_gpus_per_cell": args.ray_gpus_per_cell,
-            "ray_max_retries": args.ray_max_retries, "max_cells": args.max_cells}
+            "ray_max_retries": args.ray_max_retries, "max_cells": args.max_cells,
+            "datasets": args.datasets}
 
 
 def main(argv: Optional[List[str]] = None) -> None:

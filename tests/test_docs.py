@@ -88,6 +88,9 @@ NOT_HERE: Dict[str, str] = {
     "mlflow run . --env-manager local -e grid -P config=paper -P backend=ray "
     "-P ray_address=ray://<head>:10001 -P ray_gpus_per_cell=1":
         "needs a remote Ray cluster with GPUs and the paper's datasets",
+    "mlflow run . --env-manager local -e grid -P config=paper -P datasets=mnist":
+        "19 full-size networks (ResNet-101 on 60,000 images for 40 epochs among them): days on "
+        "this CPU; tests/test_paper_mnist.py trains two of these cells shrunk in size only",
     "kubectl -n cna-tf exec -it <head pod> -- bash": "needs a Kubernetes cluster",
     "cd /app": "a folder inside the Ray head's container",
     "mlflow run . --env-manager local -e grid -P config=paper -P backend=ray "
