@@ -273,17 +273,21 @@ def test_report_correlations_recomputed_from_the_instances(quick_run):
 def test_mnist5k_cna_at_the_end_exceeds_cna_at_initialization(tmp_path):
     """The paper's robust finding (SPEC §5, Fig 4), on real MNIST digits, across 2 seeds.
 
+    The seeds train at once in two worker processes (``--workers 2``).
+
     Measured on this CPU: the MLP's CNA (test) goes from about +0.15 at initialization to
     +0.4-0.5 after one epoch and +0.55-0.6 after three; 3 epochs keep a wide margin.
     """
     env = _env(tmp_path)
     proc = subprocess.run(
         [sys.executable, str(ROOT / "pipelines" / "reproduce.py"), "--datasets", "mnist5k",
-         "--seeds", "2", "--epochs", "3", "--trajectory", "false", "--experiment", "mnist"],
+         "--seeds", "2", "--epochs", "3", "--trajectory", "false", "--experiment", "mnist",
+         "--workers", "2"],
         env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     client, parent, kids = _runs(env, "mnist")
-    assert len(kids) == 2
+    assert len(kids) == 2  # trained by two worker processes, each a child run of the parent
+    assert "2 at a time" in proc.stdout and parent.info.status == "FINISHED"
     for k in kids:
         assert k.info.status == "FINISHED" and k.data.tags["cna_tf.n_train"] == "4000"
         for key in ("cna_train", "cna_test"):
