@@ -49,14 +49,24 @@ def device_name() -> str:
 
 def probe_case(name, model, x, batch_size, repeats):
     probe = cna_tf.ActivationProbe(model)
+    net = probe.full_model
+
+    def per_batch():  # the two forward paths the probe chooses between, timed apart
+        parts = [net.predict_on_batch(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(2)]
+
     fns = {"predict": lambda: model.predict(x, batch_size=batch_size, verbose=0),
            "probe": lambda: probe.layer_sums_and_outputs(x, batch_size=batch_size),
-           "sums": lambda: probe.layer_sums(x, batch_size=batch_size)}
+           "sums": lambda: probe.layer_sums(x, batch_size=batch_size),
+           "path_per_batch": per_batch,
+           "path_predict": lambda: net.predict(x, batch_size=batch_size, verbose=0)}
     t = interleaved(fns, repeats=repeats)
     s = {k: median(v) for k, v in t.items()}
     return {"case": name, "n": len(x), "batch_size": batch_size, "seconds": s,
             "all_seconds": t, "ratio_probe_predict": s["probe"] / s["predict"],
-            "ratio_sums_predict": s["sums"] / s["predict"]}
+            "ratio_sums_predict": s["sums"] / s["predict"],
+            "ratio_per_batch_path_predict": s["path_per_batch"] / s["predict"],
+            "ratio_predict_path_predict": s["path_predict"] / s["predict"]}
 
 
 class _EpochClock(keras.callbacks.Callback):
@@ -127,9 +137,11 @@ def main() -> None:
                         args.batch_size, max(3, args.repeats // 2))]
     cb = callback_case(args.cb_n, args.cb_epochs, args.batch_size)
     rows = [[c["case"], c["n"], c["seconds"]["predict"], c["seconds"]["probe"],
-             c["ratio_probe_predict"], c["ratio_sums_predict"]] for c in cases]
+             c["ratio_probe_predict"], c["ratio_sums_predict"],
+             c["ratio_per_batch_path_predict"], c["ratio_predict_path_predict"]] for c in cases]
     print(f"backend {info['backend']} on {info['device']}")
-    print(table(rows, ["case", "n", "predict s", "probe s", "probe/predict", "sums/predict"]))
+    print(table(rows, ["case", "n", "predict s", "probe s", "probe/predict", "sums/predict",
+                       "per-batch path/predict", "predict path/predict"]))
     print(f"callback at defaults: {cb['overhead'] * 100:.2f} % of an epoch (plain "
           f"{cb['plain_epoch_s']:.3f} s, with callback {cb['callback_epoch_s']:.3f} s); one full "
           f"snapshot {cb['full_snapshot_s']:.3f} s = {cb['full_snapshot_share_per_epoch'] * 100:.2f}"

@@ -451,7 +451,8 @@ class ActivationProbe:
         the same function on the same batches as ``predict`` (identical values), without the
         input pipeline ``predict`` builds on every call (~0.1 s with TensorFlow) or its per-step
         bookkeeping, so the probe costs no more than ``model.predict`` at any batch size
-        (`bench/bench_probe.py`). Datasets, generators and ``PyDataset`` go through ``predict``.
+        (`bench/bench_probe.py`). Datasets, generators and ``PyDataset`` go through ``predict``,
+        and so does everything under JAX, whose ``predict`` keeps batches in flight.
 
         Args:
             x: model inputs (array, tensor, list/dict for multi-input models, or a dataset that
@@ -565,10 +566,17 @@ def _forward(net: keras.Model, x, batch_size: Optional[int]):
     """``net``'s outputs for ``x`` as numpy: the probe's one forward-pass path.
 
     In-memory inputs: ``predict_on_batch`` on consecutive slices of ``batch_size`` (default
-    256), concatenated; anything else (datasets, generators): ``net.predict``.
+    256), concatenated; anything else (datasets, generators), and any input under JAX:
+    ``net.predict``.
+
+    Why JAX differs: its ``predict_on_batch`` copies each batch's result to the host before it
+    returns, so one batch waits for the last, while its ``predict`` dispatches batch after batch
+    and copies once at the end; on a GPU the per-batch path took 2-4x ``predict``'s time
+    (docs/performance.md). TensorFlow's ``predict`` builds an input pipeline on every call
+    (~0.1 s) and torch's runs slower per step than ``predict_on_batch``.
     """
     n = int(keras.tree.flatten(x)[0].shape[0]) if _in_memory(x) else 0
-    if not n:
+    if not n or keras.backend.backend() == "jax":
         return net.predict(x, batch_size=_batch(x, batch_size), verbose=0)
     size = max(1, int(batch_size or 256))
     parts = [net.predict_on_batch(keras.tree.map_structure(
