@@ -94,9 +94,12 @@ clean:
 	rm -rf $(VENV) .lock-venv .pytest_cache mlruns mlflow.db .cna_backup
 
 # Mutation testing of the numerical core, by hand, not in CI (config: [tool.mutmut] in
-# pyproject.toml; scores, kept survivors, wall time: docs/testing.md). One child process: CPU-heavy.
+# pyproject.toml; scores, kept survivors, wall time: docs/testing.md). One child process, niced:
+# CPU-heavy. Under the torch backend with one thread: mutmut forks a child per mutant, and a child
+# forked after TensorFlow ran deadlocks (needs the torch extra: pip install ".[torch]").
 # Mutants go to ./mutants/; `mutmut show <name>` prints one, `mutmut browse` explores them.
+MUTATE_ENV = KERAS_BACKEND=torch OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TF_CPP_MIN_LOG_LEVEL=3
 .PHONY: mutate
 mutate: $(STAMP)
-	$(VENV)/bin/mutmut run --max-children 1
+	$(MUTATE_ENV) nice -n 10 $(VENV)/bin/mutmut run --max-children 1
 	$(VENV)/bin/mutmut results
