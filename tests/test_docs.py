@@ -91,6 +91,10 @@ NOT_HERE: Dict[str, str] = {
     "mlflow run . --env-manager local -e grid -P config=paper -P datasets=mnist":
         "19 full-size networks (ResNet-101 on 60,000 images for 40 epochs among them): days on "
         "this CPU; tests/test_paper_mnist.py trains two of these cells shrunk in size only",
+    'make reproduce PARAMS="-P datasets=mnist -P epochs=100 -P batch_size=512 -P workers=2"':
+        "the paper's MLP on the full MNIST, 3 seeds x 100 epochs: over an hour on this CPU, run "
+        "once by hand (docs/results/mnist.md); tests/test_reproduce.py runs the same step with "
+        "workers=2 on mnist5k and tests/test_paper_mnist.py trains on the full MNIST",
     "kubectl -n cna-tf exec -it <head pod> -- bash": "needs a Kubernetes cluster",
     "cd /app": "a folder inside the Ray head's container",
     "mlflow run . --env-manager local -e grid -P config=paper -P backend=ray "
