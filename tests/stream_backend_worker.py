@@ -22,6 +22,8 @@ import cna_tf  # noqa: E402
 
 
 class RawBatches(keras.utils.PyDataset):
+    """(raw_images, labels) batches of in-memory arrays, by index (re-iterable, no TF)."""
+
     def __init__(self, x, y, batch_size):
         super().__init__()
         self.x, self.y, self.batch_size = x, y, batch_size

@@ -1,6 +1,5 @@
 """Streams of (raw_images, labels) batches in evaluate and CNACallback give the arrays' results
 (SPEC §6), under TensorFlow here and under JAX / PyTorch without TensorFlow in a subprocess."""
-import math
 import os
 import subprocess
 import sys
@@ -13,23 +12,9 @@ import pytest
 
 import cna_tf
 from cna_tf.measures import CNAWarning
+from stream_backend_worker import RawBatches  # the same PyDataset the backend worker streams
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class RawBatches(keras.utils.PyDataset):
-    """(raw_images, labels) batches of in-memory arrays, by index (re-iterable, no TF)."""
-
-    def __init__(self, x, y, batch_size):
-        super().__init__()
-        self.x, self.y, self.batch_size = x, y, batch_size
-
-    def __len__(self):
-        return math.ceil(len(self.x) / self.batch_size)
-
-    def __getitem__(self, i):
-        s = slice(i * self.batch_size, (i + 1) * self.batch_size)
-        return self.x[s], self.y[s]
 
 
 class Reiterable:
