@@ -188,14 +188,14 @@ def _soft_message(shape, i, shown, more, n_bad):
 
 @pytest.mark.parametrize("k", [8, 9, 10])
 def test_soft_label_rows_are_shown_up_to_8_values(k):
-    y = np.eye(k)[[0, 1, 2, 3]]
+    y = np.eye(k)[[0, 1, 2, 3, 4]]                      # 5 rows, 2 of them not one-hot
     y[1] = 0.5
     y[3, :2] = [0.25, 0.75]
     y[3, 2:] = 0.0
     with pytest.raises(ValueError) as err:
-        measures.class_indices(y, n=4, num_classes=k)
+        measures.class_indices(y, n=5, num_classes=k)
     shown = "[" + ", ".join(["0.5"] * min(k, 8)) + "]"
-    assert str(err.value) == _soft_message((4, k), 1, shown, " ..." if k > 8 else "", 2)
+    assert str(err.value) == _soft_message((5, k), 1, shown, " ..." if k > 8 else "", 2)
 
 
 def test_other_label_errors_are_exact():
