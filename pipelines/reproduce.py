@@ -102,8 +102,13 @@ def protocol(args: argparse.Namespace) -> Tuple[Dict[str, Any], List[Dict[str, A
 
 # -- training ------------------------------------------------------------------------------------
 
-def train_cell(p: Dict[str, Any], backup_dir: str, parent_id: str, experiment_id: str,
-               tracking_uri: str) -> Dict[str, Any]:
+def run_name(p: Dict[str, Any]) -> str:
+    """A cell's child-run name and progress label: ``<dataset>-seed<seed>``."""
+    return f"{p['dataset']}-seed{p['seed']}"
+
+
+def train_cell(p: Dict[str, Any], backup_dir: str, parent_id: str,
+               experiment_id: str) -> Dict[str, Any]:
     """Trains one cell as a child run of ``parent_id``; a failure is returned, never raised.
 
     Runs in this process (``workers`` 1) or in a worker process of `run_cells`' pool, which
@@ -116,10 +121,8 @@ def train_cell(p: Dict[str, Any], backup_dir: str, parent_id: str, experiment_id
 
     t0 = time.time()
     status, error, run_id = "FINISHED", "", ""
-    name = f"{p['dataset']}-seed{p['seed']}"
-    mlflow.set_tracking_uri(tracking_uri)
     try:
-        with mlflow.start_run(run_name=name, experiment_id=experiment_id,
+        with mlflow.start_run(run_name=run_name(p), experiment_id=experiment_id,
                               nested=mlflow.active_run() is not None,
                               parent_run_id=parent_id) as child:
             run_id = child.info.run_id
@@ -133,8 +136,10 @@ def train_cell(p: Dict[str, Any], backup_dir: str, parent_id: str, experiment_id
             "error": error, "seconds": time.time() - t0}
 
 
-def _worker_init(threads: int) -> None:
-    """Splits the cores between the workers (before a worker imports its backend)."""
+def _worker_init(threads: int, tracking_uri: str) -> None:
+    """A worker process's setup, before it imports its backend: this run's tracking store and
+    its share of the cores."""
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         os.environ.setdefault(var, str(threads))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
@@ -149,9 +154,8 @@ def run_cells(cells: Sequence[Dict[str, Any]], backup_root: Path, parent_id: str
     """
     import mlflow
 
-    uri = mlflow.get_tracking_uri()
-    names = [f"{p['dataset']}-seed{p['seed']}" for p in cells]
-    args = [(p, str(backup_root / cell_key(p)), parent_id, experiment_id, uri) for p in cells]
+    names = [run_name(p) for p in cells]
+    args = [(p, str(backup_root / cell_key(p)), parent_id, experiment_id) for p in cells]
     for i, (p, name) in enumerate(zip(cells, names), 1):
         print(f"[{i}/{len(cells)}] training {name} ({p['epochs']} epochs, width {p['width']:g})"
               + (f", {workers} at a time" if workers > 1 else ""), flush=True)
@@ -173,7 +177,7 @@ def run_cells(cells: Sequence[Dict[str, Any]], backup_root: Path, parent_id: str
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(max_workers=min(workers, len(cells)),
                              mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads,)) as pool:
+                             initargs=(threads, mlflow.get_tracking_uri())) as pool:
         futures = {pool.submit(train_cell, *a): i for i, a in enumerate(args)}
         t0 = time.time()
         for f in as_completed(futures):
