@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import keras
 from keras import layers
 
-__all__ = ["ARCHITECTURES", "INITIALIZERS", "build", "canonical_name", "count_weighted_layers"]
+__all__ = ["ARCHITECTURES", "DROPOUT_ARCHITECTURES", "INITIALIZERS", "build", "canonical_name", "count_weighted_layers"]
 
 #: Valid architecture names for `build`.
 ARCHITECTURES: Tuple[str, ...] = ("mlp", "vgg18", "resnet18", "resnet101")
@@ -75,14 +75,17 @@ _BOTTLENECK_EXPANSION = 4
 _MLP_UNITS = 500
 _MLP_DEPTH = 5
 
-_COMMON_KWARGS = ("seed", "initializer")
+_COMMON_KWARGS = ("seed", "initializer", "weight_decay")
 _CONV_KWARGS = _COMMON_KWARGS + ("bn_momentum", "bn_epsilon")
 _VALID_KWARGS: Dict[str, Tuple[str, ...]] = {
-    "mlp": _COMMON_KWARGS + ("depth", "units"),
-    "vgg18": _CONV_KWARGS,
+    "mlp": _COMMON_KWARGS + ("depth", "units", "dropout"),
+    "vgg18": _CONV_KWARGS + ("dropout",),
     "resnet18": _CONV_KWARGS,
     "resnet101": _CONV_KWARGS,
 }
+#: Architectures with a place for dropout (``build(..., dropout=...)``): after every hidden
+#: Dense layer (the MLP's hidden layers, VGG-18's fc layer). The ResNets have none.
+DROPOUT_ARCHITECTURES: Tuple[str, ...] = ("mlp", "vgg18")
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,6 +144,11 @@ def _check_num_classes(num_classes: Any) -> int:
 
 def _check_kwargs(name: str, kw: Dict[str, Any]) -> None:
     unknown = sorted(set(kw) - set(_VALID_KWARGS[name]))
+    if "dropout" in unknown and kw["dropout"]:
+        raise ValueError(f"{name} has no place for dropout (only "
+                         f"{', '.join(DROPOUT_ARCHITECTURES)}: after their hidden Dense layers); "
+                         "leave dropout at 0 for this architecture")
+    unknown = [k for k in unknown if not (k == "dropout" and not kw[k])]
     if unknown:
         raise ValueError(f"{name}: unknown keyword argument(s) {', '.join(unknown)}; valid keyword "
                          f"arguments for {name} are {', '.join(_VALID_KWARGS[name])}")
@@ -154,6 +162,13 @@ def _check_kwargs(name: str, kw: Dict[str, Any]) -> None:
     for key in ("depth", "units"):
         if key in kw and (not _is_int(kw[key]) or kw[key] < 1):
             raise ValueError(f"mlp: {key} must be an integer >= 1, got {kw[key]!r}")
+    wd = kw.get("weight_decay", 0.0)
+    if not (isinstance(wd, numbers.Real) and not isinstance(wd, bool) and math.isfinite(wd)
+            and wd >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0 (0: none), got {wd!r}")
+    rate = kw.get("dropout", 0.0)
+    if not (isinstance(rate, numbers.Real) and not isinstance(rate, bool) and 0 <= rate < 1):
+        raise ValueError(f"dropout must be a rate in [0, 1) (0: none), got {rate!r}")
     if "bn_momentum" in kw and not (isinstance(kw["bn_momentum"], numbers.Real)
                                     and 0 <= kw["bn_momentum"] < 1):
         raise ValueError(f"bn_momentum must be in [0, 1), got {kw['bn_momentum']!r}")
@@ -175,10 +190,24 @@ class _Factory:
     """Creates the layers of one model with per-layer seeded kernel initializers."""
 
     def __init__(self, seed: Optional[int], initializer: str, bn_momentum: float,
-                 bn_epsilon: float):
+                 bn_epsilon: float, weight_decay: float = 0.0, dropout: float = 0.0):
         self._rng = random.Random(seed) if seed is not None else None
         self._init_cls = _INITIALIZER_CLASSES[initializer]
         self._bn = dict(momentum=float(bn_momentum), epsilon=float(bn_epsilon))
+        self._weight_decay = float(weight_decay)
+        self._dropout = float(dropout)
+        # dropout seeds come from their own stream, so the kernels' seeds do not depend on it
+        self._dropout_rng = random.Random(seed + 1) if seed is not None else None
+
+    def _kernel_regularizer(self) -> Optional[keras.regularizers.Regularizer]:
+        return keras.regularizers.L2(self._weight_decay) if self._weight_decay > 0 else None
+
+    def dropout(self, x, name: str):
+        """``Dropout(rate)`` after a hidden Dense layer; the identity when the rate is 0."""
+        if self._dropout <= 0:
+            return x
+        seed = None if self._dropout_rng is None else self._dropout_rng.randrange(2 ** 31 - 1)
+        return layers.Dropout(self._dropout, seed=seed, name=name)(x)
 
     def _kernel_init(self) -> keras.initializers.Initializer:
         seed = None if self._rng is None else self._rng.randrange(2 ** 31 - 1)
@@ -186,12 +215,13 @@ class _Factory:
 
     def dense(self, units: int, activation: Optional[str], name: str) -> layers.Dense:
         return layers.Dense(units, activation=activation, kernel_initializer=self._kernel_init(),
-                            name=name)
+                            kernel_regularizer=self._kernel_regularizer(), name=name)
 
     def conv(self, filters: int, kernel: int, strides: Tuple[int, int], name: str
              ) -> layers.Conv2D:
         return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                             kernel_initializer=self._kernel_init(), name=name)
+                             kernel_initializer=self._kernel_init(),
+                             kernel_regularizer=self._kernel_regularizer(), name=name)
 
     def conv_bn(self, x, filters: int, kernel: int, strides: Tuple[int, int], name: str,
                 relu: bool = True):
@@ -228,6 +258,7 @@ def _mlp(input_shape, num_classes, width, f: _Factory, depth: int = _MLP_DEPTH,
     x = layers.Flatten(name="flatten")(inputs)
     for i in range(1, depth + 1):
         x = f.dense(units, "relu", f"dense{i}")(x)
+        x = f.dropout(x, f"dropout{i}")
     return inputs, f.dense(num_classes, "softmax", "classifier")(x)
 
 
@@ -243,6 +274,7 @@ def _vgg18(input_shape, num_classes, width, f: _Factory):
             spatial = [s // p for s, p in zip(spatial, pool)]
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = f.dense(_scaled(_VGG18_DENSE, width), "relu", "fc")(x)
+    x = f.dropout(x, "fc_dropout")
     return inputs, f.dense(num_classes, "softmax", "classifier")(x)
 
 
@@ -352,6 +384,13 @@ def build(name: str, input_shape: Sequence[int], num_classes: int, width: float 
             * ``units`` (int, mlp): hidden layer size; overrides ``round(500 * width)``.
             * ``bn_momentum`` / ``bn_epsilon`` (conv nets): BatchNormalization settings,
               default 0.9 / 1e-5 (PyTorch's defaults, as in the published code).
+            * ``weight_decay`` (float, all): an ``L2(weight_decay)`` kernel regularizer on
+              every Dense and Conv2D kernel (biases and BN untouched), i.e.
+              ``weight_decay * sum(W**2)`` added to the loss; default 0 (none, the paper's).
+            * ``dropout`` (float, mlp and vgg18, see `DROPOUT_ARCHITECTURES`): a
+              ``Dropout(rate)`` layer after every hidden Dense layer (the MLP's hidden layers,
+              VGG-18's fc); seeded from ``seed``. Default 0 (no layer added). The ResNets have
+              no place for it: a non-zero rate there is a ValueError.
 
     Returns:
         An uncompiled, built ``keras.Model``.
@@ -367,7 +406,8 @@ def build(name: str, input_shape: Sequence[int], num_classes: int, width: float 
     num_classes = _check_num_classes(num_classes)
     _check_kwargs(arch, kw)
     factory = _Factory(kw.pop("seed", None), kw.pop("initializer", "glorot_uniform"),
-                       kw.pop("bn_momentum", 0.9), kw.pop("bn_epsilon", 1e-5))
+                       kw.pop("bn_momentum", 0.9), kw.pop("bn_epsilon", 1e-5),
+                       weight_decay=kw.pop("weight_decay", 0.0), dropout=kw.pop("dropout", 0.0))
     inputs, outputs = _BUILDERS[arch](shape, num_classes, width, factory, **kw)
     return keras.Model(inputs, outputs, name=f"{arch}_w{width:g}")
 

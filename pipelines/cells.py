@@ -53,10 +53,14 @@ TRAIN_PARAMS: Dict[str, Tuple[Callable[[Any], Any], Any, str]] = {
                   "(Jiang et al. 2020's rule, e.g. 0.01; epochs is then the maximum; 0: off)"),
     "flatness": (parse_bool, False, "compute the SPEC §8 flatness measures at the final "
                  "snapshot (costly: minutes per network) and log them with their time"),
+    "weight_decay": (parse_float, 0.0, "L2 penalty weight_decay * sum(W**2) on every Dense/Conv "
+                     "kernel (Jiang et al. 2020's weight-decay axis; 0: none)"),
+    "dropout": (parse_float, 0.0, "dropout rate after every hidden Dense layer (mlp, vgg18; "
+                "0: none)"),
 }
 # Train parameters added after cell keys were first recorded: hashed only when set to something
 # other than their default, so the cells of existing grids keep their keys (and stay finished).
-KEY_IF_SET = ("stop_loss", "flatness")
+KEY_IF_SET = ("stop_loss", "flatness", "weight_decay", "dropout")
 # Parameters that do not change the network or its metrics: not part of the cell key.
 RUN_ONLY_PARAMS = {
     "save_model": (parse_bool, False, "log the trained model as a .keras artifact"),
@@ -66,7 +70,7 @@ RUN_ONLY_PARAMS = {
 ALL_PARAMS = {**TRAIN_PARAMS, **RUN_ONLY_PARAMS}
 # Hyperparameter axes of a network instance (granulated Kendall, compare tables).
 AXES = ("arch", "dataset", "width", "depth", "epochs", "lr", "momentum", "batch_size",
-        "label_shuffle", "seed", "n_train")
+        "label_shuffle", "seed", "n_train", "weight_decay", "dropout")
 
 
 class ConfigError(ValueError):
@@ -96,6 +100,16 @@ def normalize(params: Mapping[str, Any], defaults: Mapping[str, Any] = None) -> 
         raise ConfigError(f"augment must be auto, true or false, got {out['augment']!r}")
     if not out["stop_loss"] >= 0:
         raise ConfigError(f"stop_loss must be >= 0 (0: off), got {out['stop_loss']!r}")
+    if not out["weight_decay"] >= 0:
+        raise ConfigError(f"weight_decay must be >= 0 (0: none), got {out['weight_decay']!r}")
+    if not 0 <= out["dropout"] < 1:
+        raise ConfigError(f"dropout must be a rate in [0, 1) (0: none), got {out['dropout']!r}")
+    from cna_tf.models import DROPOUT_ARCHITECTURES
+
+    if out["dropout"] and out["arch"] not in DROPOUT_ARCHITECTURES:
+        raise ConfigError(f"dropout={out['dropout']:g}: {out['arch']} has no place for dropout; "
+                          f"it applies to {', '.join(DROPOUT_ARCHITECTURES)} only (set it to 0 "
+                          "for this cell)")
     return out
 
 

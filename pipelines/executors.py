@@ -201,8 +201,20 @@ def _in_threads(todo: Todo, workers: int,
             done(futures[fut], run_id, status, seconds)
 
 
+def thread_share(workers: int) -> Dict[str, str]:
+    """Each of ``workers`` concurrent trainings' share of this machine's cores, as the thread
+    variables TensorFlow and OpenMP read; a variable already set in the environment wins.
+
+    Two trainings with every core each on a 2-core machine slow each other down."""
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    share = {"OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads,
+             "TF_NUM_INTEROP_THREADS": "1"}
+    return {k: v for k, v in share.items() if k not in os.environ}
+
+
 class LocalExecutor:
-    """Each cell's train.py in a subprocess on this machine, ``workers`` at a time."""
+    """Each cell's train.py in a subprocess on this machine, ``workers`` at a time, each with
+    its share of the cores (`thread_share`)."""
 
     def __init__(self, workers: int = 2):
         self.workers = workers
@@ -218,7 +230,8 @@ class LocalExecutor:
         def run_one(p: Dict[str, Any], resume: Optional[str]) -> Tuple[str, str]:
             run_id = book.open_cell(p, resume)
             args, env = book.train_spec(p, run_id)
-            out = run_train(args, env, str(PROJECT_DIR), book.lock_path(p))
+            out = run_train(args, {**thread_share(self.workers), **env}, str(PROJECT_DIR),
+                            book.lock_path(p))
             return run_id, book.close_cell(run_id, out["rc"], out["log"])
 
         _in_threads(todo, self.workers, run_one, done)

@@ -65,10 +65,16 @@ class FailOnNaN(keras.callbacks.Callback):
                 f"{batch + 1}: lower the learning rate or check the inputs")
 
 
+# The training cross-entropy metric compiled beside `loss` when weight decay adds a penalty.
+CROSS_ENTROPY = "cross_entropy"
+
+
 class StopAtLoss(keras.callbacks.Callback):
     """Jiang et al. 2020's stopping rule: stop once an epoch's training cross-entropy (the
     ``loss`` Keras reports for the epoch, the mean over its batches) is <= ``threshold``.
 
+    With weight decay, Keras' ``loss`` includes the L2 penalty; the rule then reads the
+    ``cross_entropy`` metric (the cross-entropy alone) that `train` compiles for that case.
     `cna_tf.CNACallback` measures the final snapshot at the epoch training stopped.
     """
 
@@ -78,7 +84,8 @@ class StopAtLoss(keras.callbacks.Callback):
         self.stopped_epoch: Optional[int] = None
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
+        logs = logs or {}
+        loss = logs.get(CROSS_ENTROPY, logs.get("loss"))
         if loss is not None and float(loss) <= self.threshold:
             self.model.stop_training = True
             self.stopped_epoch = epoch + 1
@@ -116,7 +123,7 @@ class EpochLogger(keras.callbacks.Callback):
         # Keras' names: `train_loss` / `train_acc` are the callback's un-augmented evaluations
         own = {k: float(v)
                for k, v in (logs or {}).items()
-               if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+               if k in ("loss", "accuracy", "val_loss", "val_accuracy", CROSS_ENTROPY)}
         if own:
             mlflow.log_metrics(own, step=epoch + 1)
 
@@ -268,10 +275,17 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
     augment = {"auto": ds.augment and p["arch"] != "mlp", "true": True, "false": False}[
         p["augment"]]
     kw = {"depth": p["depth"]} if p["arch"] == "mlp" else {}
+    if p["weight_decay"]:
+        kw["weight_decay"] = p["weight_decay"]
+    if p["dropout"]:
+        kw["dropout"] = p["dropout"]
     model = cna_tf.models.build(p["arch"], ds.input_shape, ds.num_classes, width=p["width"],
                                 seed=p["seed"], **kw)
+    metrics: List[Any] = ["accuracy"]
+    if p["weight_decay"]:  # Keras' `loss` then includes the penalty; stop_loss reads this one
+        metrics.append(keras.metrics.SparseCategoricalCrossentropy(name=CROSS_ENTROPY))
     model.compile(optimizer=keras.optimizers.SGD(p["lr"], momentum=p["momentum"]),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                  loss="sparse_categorical_crossentropy", metrics=metrics)
 
     tags = {"arch": p["arch"], "dataset": p["dataset"], TAG + "cell_key": key,
             TAG + "role": "train", TAG + "final_only": str(p["final_only"]).lower(),
