@@ -7,9 +7,18 @@ Pearson, Kendall and granulated Kendall, for All Nets, per architecture and per 
 beside them, PGDL's conditional mutual information with each gap (SPEC §8) on the final snapshots
 (one network per run) wherever they form a complete grid over the hyperparameters the scope
 varies (a note says why where they do not). Ranks the paper's measures, SPEC §8's ``dist_init``
-and ``sum_of_fro``, and the flatness measures when the runs computed them. Logs a
-CSV and a Markdown table, the instances, Fig-8/9-style bar charts and the Fig-7 scatter of CNA
-against test accuracy to the compare run, and prints the Markdown table.
+and ``sum_of_fro``, and the flatness measures when the runs computed them.
+
+Every score of a gap comes with a seed-bootstrap interval (SPEC §9) over the final snapshots:
+the CSV has ``<stat>_low`` / ``<stat>_high`` columns, and for All Nets a table ranks every measure
+with ``+0.36 [+0.12, +0.55]``-style intervals and puts CNA-M against every other measure (the
+share of the same replicates in which it scores higher). Runs with no seed replicates are
+resampled as a pool, and the table says so in one line.
+
+Logs a CSV and a Markdown table, the instances, one row per network (``compare/networks.csv``:
+hyperparameters, epochs trained, every measure, the gaps and accuracies), Fig-8/9-style bar
+charts and the Fig-7 scatter of CNA against test accuracy to the compare run, and prints the
+Markdown tables.
 
     python pipelines/compare.py --grid_run_id <id>          # one grid
     python pipelines/compare.py --experiment cna_tf-demo    # all train runs of an experiment
@@ -31,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cells import ALL_PARAMS, AXES  # noqa: E402
 from params import declared, log_launch, log_resolved, parse_bool, read_params  # noqa: E402
 
+from cna_tf.ranking import ALL_NETS  # noqa: E402
 from cna_tf.tracking import TAG_PREFIX as TAG  # noqa: E402
 from cna_tf.tracking import metric_steps  # noqa: E402
 
@@ -52,7 +62,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     "with neither, cna_tf-demo)")
     ap.add_argument("--all_runs", type=parse_bool, default=False,
                     help="true: every finished train run of the experiment, not one grid's")
-    return ap.parse_args(argv)
+    ap.add_argument("--replicates", type=int, default=1000,
+                    help="seed-bootstrap replicates of the intervals (SPEC §9)")
+    ap.add_argument("--level", type=float, default=0.95, help="the intervals' level")
+    args = ap.parse_args(argv)
+    if args.replicates < 1 or not 0 < args.level < 1:
+        ap.error(f"replicates must be >= 1 and level in (0, 1), got {args.replicates} and "
+                 f"{args.level}")
+    return args
 
 
 def run_params(run) -> Dict[str, Any]:
@@ -247,6 +264,130 @@ def add_cmi(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]]) -> None
         r["cmi"] = conditional_mutual_information(measure, gap, hparams)
 
 
+#: the measure the paired comparison puts against every other (CNA-M, the paper's)
+PAIRED_WITH = "cna_margin"
+#: the statistics of the interval table, in its column order
+INTERVAL_STATS = (("kendall", "Kendall"), ("granulated_kendall", "Ψ"), ("pearson", "Pearson"),
+                  ("cmi", "CMI"))
+
+
+def add_intervals(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]],
+                  replicates: int = 1000, level: float = 0.95, seed: int = 0
+                  ) -> Dict[tuple, Any]:
+    """Seed-bootstrap intervals (SPEC §9) of every gap row's scores, in place; returns them.
+
+    Per scope and gap: the networks are the runs' final snapshots in the scope (one network
+    per run, as for CMI), the hyperparameters the axes that vary among them, the replicate
+    axis ``seed``. Adds to every row of a gap ``boot_n`` (networks), ``boot_mode`` (``seed``
+    or ``pool``), ``<stat>_point`` / ``<stat>_low`` / ``<stat>_high`` for Pearson, Kendall,
+    granulated Kendall and CMI (the point of CMI is its mean over the replicates) and
+    ``boot_note``. Rows of other targets are left as they are.
+
+    Returns:
+        ``(scope, target) -> cna_tf.ranking.BootstrapResult`` (with its paired fractions).
+    """
+    from cna_tf.ranking import bootstrap
+
+    # in a fixed order (MLflow's search order is not), so the same runs give the same draws
+    finals = sorted(final_snapshots(instances), key=_network_order)
+    results: Dict[tuple, Any] = {}
+    for scope in dict.fromkeys(r["scope"] for r in rows):
+        nets = [i for i in finals if _in_scope(i, scope)]
+        axes = [a for a in AXES if len({repr(i.get(a)) for i in nets}) > 1]
+        hparams = {a: [i.get(a) for i in nets] for a in axes}
+        for target in TARGETS:
+            metrics = list(dict.fromkeys(r["metric"] for r in rows
+                                         if r["scope"] == scope and r["target"] == target))
+            if len(nets) < 2 or not metrics:
+                continue
+            measures = {m: [float(i.get(m, math.nan)) for i in nets] for m in metrics}
+            gap = [float(i.get(target, math.nan)) for i in nets]
+            res = bootstrap(measures, gap, hparams, replicate_axis="seed",
+                            replicates=replicates, level=level, seed=seed)
+            results[(scope, target)] = res
+            for r in rows:
+                if r["scope"] != scope or r["target"] != target:
+                    continue
+                r.update(boot_n=len(nets), boot_mode=res.mode,
+                         boot_note=" ".join(res.notes))
+                for stat, _ in INTERVAL_STATS:
+                    point, low, high = res[r["metric"]][stat]
+                    r.update({f"{stat}_point": point, f"{stat}_low": low,
+                              f"{stat}_high": high})
+    return results
+
+
+def _network_order(instance: Dict[str, Any]) -> tuple:
+    """Networks sorted by their hyperparameters (in `AXES` order), then run id."""
+    return tuple(repr(instance.get(a)) for a in AXES) + (str(instance.get("run_id")),)
+
+
+def _fmt_interval(point, low, high, fmt: str = "{:+.2f}") -> str:
+    def one(v):
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+    if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in (low, high)):
+        return one(point)
+    return f"{one(point)} [{one(low)}, {one(high)}]"
+
+
+def interval_markdown(result, target: str, scope: str = "All Nets",
+                      paired_with: str = PAIRED_WITH) -> str:
+    """The ranking of every measure with its seed-bootstrap intervals, for one scope and gap,
+    ordered by CMI (then Kendall); under it the paired fractions of ``paired_with`` against
+    every other measure, or the one line saying there is no seed axis."""
+    def key(item):
+        stats_ = item[1]
+        cmi, tau = stats_["cmi"][0], stats_["kendall"][0]
+        return (-(cmi if _finite(cmi) else -math.inf), -(tau if _finite(tau) else -math.inf))
+
+    pct = f"{result.level * 100:g} %"
+    lines = [f"Seed-bootstrap intervals of the correlation with `{target}` in {scope} "
+             f"({result.size} networks per replicate, {result.replicates} replicates, {pct} "
+             "percentile intervals, SPEC §9; CMI's point is its mean over the replicates)", ""]
+    if result.mode == "pool":
+        lines += [f"No seed axis: the runs have no replicate seed per combination of the other "
+                  f"hyperparameters, so the networks are resampled as a pool and CMI has no "
+                  f"interval.", ""]
+    lines += ["| rank | metric | " + " | ".join(h for _, h in INTERVAL_STATS) + " |",
+              "|---|---|" + "---|" * len(INTERVAL_STATS)]
+    for rank, (metric, stats_) in enumerate(sorted(result.items(), key=key), 1):
+        cells = [_fmt_interval(*stats_[s], fmt="{:.3f}" if s == "cmi" else "{:+.2f}")
+                 for s, _ in INTERVAL_STATS]
+        lines.append(f"| {rank} | {metric} | " + " | ".join(cells) + " |")
+    notes = [n for n in result.notes if not n.startswith("no replicate axis")]
+    lines += [""] + [f"- {n}" for n in notes]
+    if paired_with in result and len(result) > 1:
+        lines.append("")
+        lines.append(f"`{paired_with}` against every other measure: the share of the same "
+                     f"replicates in which `{paired_with}` scores higher (ties count half)")
+        lines += ["", "| other measure | by CMI | by Kendall |", "|---|---|---|"]
+        for other in result:
+            if other == paired_with:
+                continue
+            cmi = result.paired["cmi"].get((paired_with, other), math.nan)
+            tau = result.paired["kendall"].get((paired_with, other), math.nan)
+            fmt = lambda v: "–" if not _finite(v) else f"{v:.2f}"  # noqa: E731
+            lines.append(f"| {other} | {fmt(cmi)} | {fmt(tau)} |")
+    return "\n".join(lines)
+
+
+#: columns of the per-network table before the measures
+NETWORK_COLUMNS = ("run_id", "cell_key") + AXES + ("epochs_trained",)
+
+
+def networks_table(instances: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per network (its run's final snapshot): every hyperparameter, the seed, epochs
+    trained, every measure, the gaps and accuracies: enough to redo the analysis without
+    MLflow (``compare/networks.csv``)."""
+    out = []
+    for i in sorted(final_snapshots(instances), key=_network_order):
+        row = {c: i.get(c) for c in NETWORK_COLUMNS if c != "epochs_trained"}
+        row["epochs_trained"] = i.get("epoch")
+        row.update({k: i.get(k, math.nan) for k in READ})
+        out.append(row)
+    return out
+
+
 def _figures(rows: List[Dict[str, Any]]):
     """Fig-8/9-style bars of the Pearson correlation with each target, per scope."""
     from cna_tf import plots
@@ -302,7 +443,11 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         sys.exit(f"only {len(instances)} network instances found (finished train runs with "
                  "snapshots): nothing to correlate")
     rows = compare(instances)
-    tables = "\n\n".join(markdown(rows, t) for t in TARGETS + ("test_acc",))
+    boot = add_intervals(rows, instances, replicates=args.replicates, level=args.level)
+    interval_tables = [interval_markdown(boot[(ALL_NETS, t)], t) for t in TARGETS
+                       if (ALL_NETS, t) in boot]
+    tables = "\n\n".join([markdown(rows, t) for t in TARGETS + ("test_acc",)]
+                          + interval_tables)
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run already exists
         mlflow.set_experiment(experiment_id=exp.experiment_id)
     with mlflow.start_run() as run:
@@ -314,13 +459,15 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                              f"Metrics ranked by their correlation with the generalization gap "
                              f"over {len(instances)} network instances ({len(runs)} runs, "
                              f"{scope}).",
-                             [markdown(rows, t) for t in TARGETS + ("test_acc",)])})
+                             interval_tables
+                             + [markdown(rows, t) for t in TARGETS + ("test_acc",)])})
         log_launch("compare", {k: getattr(args, k) for k in declared("compare")})
         log_resolved({"grid_run_id": grid_id or "all", "experiment": exp.name})
         mlflow.log_metrics({"runs": len(runs), "instances": len(instances)})
         mlflow.log_text(to_csv(rows), "compare/correlations.csv")
         mlflow.log_text(tables + "\n", "compare/correlations.md")
         mlflow.log_text(to_csv(instances), "compare/instances.csv")
+        mlflow.log_text(to_csv(networks_table(instances)), "compare/networks.csv")
         from cna_tf import plots
         for name, fig in _figures(rows):
             mlflow.log_figure(fig, f"compare/{name}")
@@ -338,6 +485,10 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                 mlflow.log_metric(f"pearson.{r['metric']}.{r['target']}", r["pearson"])
             if r["scope"] == "All Nets" and not math.isnan(r.get("cmi", math.nan)):
                 mlflow.log_metric(f"cmi.{r['metric']}.{r['target']}", r["cmi"])
+            if r["scope"] == "All Nets" and _finite(r.get("kendall_low")):
+                mlflow.log_metrics({f"kendall_low.{r['metric']}.{r['target']}": r["kendall_low"],
+                                    f"kendall_high.{r['metric']}.{r['target']}":
+                                        r["kendall_high"]})
     print(f"compare run {run.info.run_id}: {len(runs)} runs, {len(instances)} network "
           f"instances\n\n{tables}", flush=True)
     return rows

@@ -331,7 +331,8 @@ def test_compare_ranks_metrics_over_the_grid(tiny_grid):
     run = client.search_runs([exp.experiment_id], "tags.`cna_tf.role` = 'compare'")[0]
     names = {a.path for a in client.list_artifacts(run.info.run_id, "compare")}
     assert names == {"compare/correlations.csv", "compare/correlations.md",
-                     "compare/instances.csv", "compare/correlation_gen_gap.png",
+                     "compare/instances.csv", "compare/networks.csv",
+                     "compare/correlation_gen_gap.png",
                      "compare/correlation_loss_gap.png", "compare/cna_vs_test_acc.png"}
     local = client.download_artifacts(run.info.run_id, "compare/correlations.csv", str(d))
     import csv
