@@ -6,16 +6,21 @@ duplicate-param conflicts), and a run is never started silently.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
 import re
+import sys
 import tempfile
 import time
-from typing import Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["TAG_PREFIX", "Tracker", "sanitize_artifact_name", "metric_histories", "metric_steps"]
+__all__ = ["TAG_PREFIX", "Tracker", "sanitize_artifact_name", "metric_histories", "metric_steps",
+           "RUNS_VIEW", "runs_view_state", "save_runs_view", "ui_address", "runs_url", "runs_link",
+           "browse_line"]
 
 #: Prefix of every MLflow tag the project's steps set (``cna_tf.role``, ``cna_tf.cell_key``, ...).
 TAG_PREFIX = "cna_tf."
@@ -209,3 +214,195 @@ def metric_steps(run_id: str, keys: Union[str, Iterable[str]], client=None,
     return {key: dict(zip(steps.tolist(), values.tolist()))
             for key, (steps, values) in metric_histories(run_id, keys, client,
                                                          duplicates).items()}
+
+
+# -- the MLflow UI: a link that lands on an experiment's runs ------------------------------------
+
+#: MLflow 3.17's UI opens an experiment in its GenAI layout (an Overview of traces, latency and
+#: token usage) unless the URL asks for its "Model training" layout, where the runs table is.
+ML_LAYOUT = "workflowType=machine_learning"
+#: The id of the saved view `save_runs_view` gives an experiment. MLflow 3.17's UI keeps the views
+#: of its "Views" menu in experiment tags ``mlflow.sharedViewState.<id>`` (an envelope
+#: ``{"name", "createdAt", "updatedAt", "state"}`` around the runs page's state as JSON) and opens
+#: one from ``#/experiments/<id>/runs?viewStateShareKey=<view id>``.
+RUNS_VIEW = "cna_tf"
+RUNS_VIEW_NAME = "cna_tf: measures vs the gap"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+#: the view's columns: the gap, the paper's measures, a norm baseline, accuracy, and the
+#: parameters a run's name does not spell out
+RUNS_VIEW_METRICS = ("gen_gap", "cna_margin", "cna_area", "margin", "l2", "test_acc")
+RUNS_VIEW_PARAMS = ("dataset", "width", "label_shuffle")
+#: the view's chart (in "Chart view"): CNA-M against the gap, one point per run
+RUNS_VIEW_SCATTER = ("cna_margin", "gen_gap")
+#: where `mlflow ui` (and `make ui`) serves by default
+UI_HOST, UI_PORT = "127.0.0.1", 5000
+
+
+def runs_view_state() -> Dict:
+    """The runs page state of the `RUNS_VIEW` view, as MLflow 3.17's UI saves one.
+
+    The runs are grouped by the ``arch`` parameter: every grid cell is listed without unfolding
+    its grid run, each architecture's group row shows its averages, and the grid and compare
+    runs (no ``arch``) sit under "Additional runs", unfolded. The columns are
+    `RUNS_VIEW_METRICS` (a run's latest value: its final snapshot) and `RUNS_VIEW_PARAMS`. Every
+    run counts in the charts (the UI's default is the first 10), each with its own point
+    (not its group's average), and "Chart view" opens on a scatter plot of `RUNS_VIEW_SCATTER`.
+    The search, sort and time filter are the UI's defaults (the UI fills in what a view omits).
+    """
+    x, y = RUNS_VIEW_SCATTER
+    section = f"{RUNS_VIEW}-section"
+    return {
+        "selectedColumns": ([f"metrics.`{m}`" for m in RUNS_VIEW_METRICS]
+                            + [f"params.`{p}`" for p in RUNS_VIEW_PARAMS]),
+        "groupBy": {"aggregateFunction": "average",
+                    "groupByKeys": [{"mode": "param", "groupByData": "arch"}]},
+        # the group of runs without an arch ("Additional runs") is folded unless named here
+        "groupsExpanded": {"param.arch": True},
+        "runsHiddenMode": "SHOW_ALL",
+        "useGroupedValuesInCharts": False,
+        "compareRunCharts": [{
+            "uuid": f"{RUNS_VIEW}-{x}-vs-{y}", "type": "SCATTER", "runsCountToCompare": 100,
+            "metricSectionId": section, "deleted": False, "isGenerated": False,
+            "xaxis": {"key": x, "type": "METRIC"}, "yaxis": {"key": y, "type": "METRIC"}}],
+        "compareRunSections": [{"uuid": section, "name": RUNS_VIEW_NAME, "display": True,
+                                "isReordered": False, "deleted": False, "isGenerated": False}],
+    }
+
+
+def save_runs_view(experiment_id: str, client=None) -> Optional[str]:
+    """Gives an experiment the `RUNS_VIEW` saved view unless it has one by that id.
+
+    A view already there is kept as it is (a user may have changed and saved it in the UI).
+
+    Returns:
+        `RUNS_VIEW`, or None (with a note on stderr) when the store refuses the tag, e.g. no
+        permission on a tracking server: a link then opens the runs without the view.
+    """
+    if client is None:
+        import mlflow
+        client = mlflow.MlflowClient()
+    key = VIEW_TAG_PREFIX + RUNS_VIEW
+    try:
+        if key not in client.get_experiment(experiment_id).tags:
+            now = int(time.time() * 1000)
+            client.set_experiment_tag(experiment_id, key, json.dumps({
+                "name": RUNS_VIEW_NAME, "createdAt": now, "updatedAt": now,
+                "state": json.dumps(runs_view_state())}))
+    except Exception as e:  # noqa: BLE001 - the link works without the view
+        print(f"note: view {RUNS_VIEW!r} not saved to experiment {experiment_id} "
+              f"({type(e).__name__}: {e}); the link opens the runs without it", file=sys.stderr)
+        return None
+    return RUNS_VIEW
+
+
+def ui_address(host: Optional[str] = None, port: Optional[int] = None,
+               tracking_uri: Optional[str] = None) -> str:
+    """Where the MLflow UI over a tracking store is.
+
+    A tracking server (an ``http(s)://`` URI) serves its own UI: its URL, without any
+    credentials, unless ``host`` or ``port`` is given. For any other store it is where
+    ``mlflow ui --host HOST --port PORT`` serves: ``http://127.0.0.1:5000`` by default, what
+    `make ui` serves. A host that binds every interface (``0.0.0.0``, ``::``) is opened as
+    127.0.0.1; an IPv6 address gets its brackets.
+
+    Args:
+        host, port: of ``mlflow ui`` / ``mlflow server``.
+        tracking_uri: the store (default: MLflow's current tracking URI).
+    """
+    if tracking_uri is None:
+        import mlflow
+        tracking_uri = mlflow.get_tracking_uri()
+    if host is None and port is None and re.match(r"https?://", tracking_uri or "", re.I):
+        from urllib.parse import urlsplit, urlunsplit
+        parts = urlsplit(tracking_uri)
+        netloc = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    host = host or UI_HOST
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = UI_HOST
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port or UI_PORT}"
+
+
+def runs_url(experiment_id: Union[str, int], host: str = UI_HOST, port: int = UI_PORT,
+             view: Optional[str] = None, base: Optional[str] = None) -> str:
+    """The link that opens an experiment's runs table in MLflow 3.17's UI.
+
+    ``#/experiments/<id>/runs?workflowType=machine_learning``: the "Model training" layout's
+    runs table, not the GenAI overview the UI opens an experiment on by default; with ``view``
+    (a saved view's id, see `save_runs_view`), that view's columns, grouping and charts.
+
+    Args:
+        experiment_id: the experiment's id.
+        host, port: where ``mlflow ui`` serves (see `ui_address`).
+        view: a saved view of the experiment to open, or None.
+        base: the UI's address, instead of ``host`` and ``port`` (e.g. a tracking server's).
+    """
+    from urllib.parse import quote
+
+    base = (base or ui_address(host, port, tracking_uri="")).rstrip("/")
+    query = ML_LAYOUT + (f"&viewStateShareKey={quote(view, safe='')}" if view else "")
+    return f"{base}/#/experiments/{quote(str(experiment_id), safe='')}/runs?{query}"
+
+
+def runs_link(experiment_id: str, client=None, host: Optional[str] = None,
+              port: Optional[int] = None, view: bool = True) -> str:
+    """`runs_url` in the UI over ``client``'s store (`ui_address`), with the experiment's
+    `RUNS_VIEW` view, saved first when missing (`save_runs_view`; ``view=False``: none)."""
+    if client is None:
+        import mlflow
+        client = mlflow.MlflowClient()
+    key = save_runs_view(experiment_id, client) if view else None
+    return runs_url(experiment_id, view=key, base=ui_address(host, port, client.tracking_uri))
+
+
+def browse_line(experiment_id: str, client=None) -> str:
+    """The line that tells a user where to look, with `runs_link`: ``Browse the runs: make ui,
+    then open <link>`` for a local store (`make ui` serves it), ``Browse the runs: <link>`` on a
+    tracking server."""
+    if client is None:
+        import mlflow
+        client = mlflow.MlflowClient()
+    served = re.match(r"https?://", client.tracking_uri or "", re.I)
+    link = runs_link(experiment_id, client)
+    return f"Browse the runs: {link}" if served else f"Browse the runs: make ui, then open {link}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line: ``python -m cna_tf.tracking url --experiment NAME [--host] [--port]``.
+
+    Prints the link that opens the experiment's runs in the MLflow UI (`runs_link`, which saves
+    the experiment's `RUNS_VIEW` view when missing); `make demo` and `make ui` print it. Exits 1
+    when the store has no such (active) experiment.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m cna_tf.tracking",
+        description="The link that opens an experiment's runs in the MLflow UI (the 'Model "
+                    "training' layout, with the cna_tf view) instead of MLflow 3.17's GenAI "
+                    "overview.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    url = commands.add_parser("url", help="print the link to an experiment's runs")
+    url.add_argument("--experiment", default="cna_tf-demo", help="experiment name")
+    url.add_argument("--host", default=None,
+                     help=f"where mlflow ui serves (default {UI_HOST}, or the tracking server)")
+    url.add_argument("--port", type=int, default=None,
+                     help=f"where mlflow ui serves (default {UI_PORT}, or the tracking server)")
+    url.add_argument("--tracking-uri", default=None, help="the store (default: MLFLOW_TRACKING_URI)")
+    url.add_argument("--no-view", action="store_true",
+                     help=f"neither save nor open the {RUNS_VIEW!r} view")
+    args = parser.parse_args(argv)
+    import mlflow
+
+    client = mlflow.MlflowClient(args.tracking_uri)
+    exp = client.get_experiment_by_name(args.experiment)
+    if exp is None or exp.lifecycle_stage != "active":
+        print(f"no experiment {args.experiment!r} in {client.tracking_uri}: run its grid first "
+              "(make demo for cna_tf-demo)", file=sys.stderr)
+        return 1
+    print(runs_link(exp.experiment_id, client, args.host, args.port, view=not args.no_view))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -489,8 +489,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                 mlflow.log_metrics({f"kendall_low.{r['metric']}.{r['target']}": r["kendall_low"],
                                     f"kendall_high.{r['metric']}.{r['target']}":
                                         r["kendall_high"]})
+    from cna_tf.tracking import browse_line  # where to look: the runs, in the MLflow UI
     print(f"compare run {run.info.run_id}: {len(runs)} runs, {len(instances)} network "
-          f"instances\n\n{tables}", flush=True)
+          f"instances\n\n{tables}\n\n{browse_line(exp.experiment_id, client)}", flush=True)
     return rows
 
 
