@@ -20,6 +20,8 @@ def _log_grid(client, exp, seeds, rng):
     is the gap plus a little noise, l2 pure noise."""
     import itertools
 
+    from mlflow.entities import Metric, Param
+
     grid = client.create_run(exp, tags={"cna_tf.role": "grid"})
     nets = []
     for depth, width, lr, seed in itertools.product((2, 4), (0.25, 0.5, 1.0), (0.01, 0.05),
@@ -32,12 +34,13 @@ def _log_grid(client, exp, seeds, rng):
                                            "mlflow.parentRunId": grid.info.run_id,
                                            "cna_tf.final_only": "true"})
         rid = run.info.run_id
-        for k, v in {"arch": "mlp", "dataset": "mnist", "depth": depth, "width": width,
-                     "lr": lr, "seed": seed, "epochs": 30}.items():
-            client.log_param(rid, k, v)
-        for k, v in values.items():
-            client.log_metric(rid, k, 0.0, step=0)   # the init snapshot, dropped (final_only)
-            client.log_metric(rid, k, v, step=17 + seed)
+        params = {"arch": "mlp", "dataset": "mnist", "depth": depth, "width": width, "lr": lr,
+                  "seed": seed, "epochs": 30}
+        # the init snapshot (step 0) is dropped: final_only
+        metrics = [Metric(k, x, 0, step) for k, v in values.items()
+                   for step, x in ((0, 0.0), (17 + seed, v))]
+        client.log_batch(rid, metrics=metrics,
+                         params=[Param(k, str(v)) for k, v in params.items()])
         client.set_terminated(rid, "FINISHED")
         nets.append(dict(depth=depth, width=width, lr=lr, seed=seed, **values))
     client.set_terminated(grid.info.run_id, "FINISHED")
