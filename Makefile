@@ -20,11 +20,13 @@ UI_HOST ?= 127.0.0.1
 UI_PORT ?= 5000
 UI_EXPERIMENT ?= cna_tf-demo
 # `make ui` with the non-default UI_HOST / UI_PORT: what the last line of `make demo` tells to run
-UI_MAKE := make ui$(if $(filter-out 127.0.0.1,$(UI_HOST)), UI_HOST=$(UI_HOST))$(if $(filter-out 5000,$(UI_PORT)), UI_PORT=$(UI_PORT))
+UI_MAKE := make ui$(if $(filter-out 127.0.0.1,$(UI_HOST)), UI_HOST=$(UI_HOST))$\
+    $(if $(filter-out 5000,$(UI_PORT)), UI_PORT=$(UI_PORT))
 # Prints the link that opens experiment $(1)'s runs in that UI: the runs table, not MLflow 3.17's
 # GenAI overview, in the experiment's `cna_tf` view (saved first when missing; see
 # cna_tf/tracking.py runs_link). Keras' numpy backend: no TensorFlow start-up for a link.
-runs_url = KERAS_BACKEND=numpy $(PY) -m cna_tf.tracking url --experiment $(1) --host $(UI_HOST) --port $(UI_PORT)
+runs_url = KERAS_BACKEND=numpy $(PY) -m cna_tf.tracking url --experiment $(1) \
+    --host $(UI_HOST) --port $(UI_PORT)
 # pytest-xdist processes for `make test`; --dist loadfile keeps a file's module fixtures in one.
 TEST_WORKERS ?= 2
 # what `make test` / `make test-fast` run (a file or folder of tests)
@@ -84,8 +86,10 @@ demo-quick: $(STAMP)
 ui: $(STAMP)
 	@url=$$($(call runs_url,$(UI_EXPERIMENT)) 2>/dev/null) \
 	    && echo "MLflow UI on http://$(UI_HOST):$(UI_PORT); the $(UI_EXPERIMENT) runs: $$url" \
-	    || echo "MLflow UI on http://$(UI_HOST):$(UI_PORT) (no $(UI_EXPERIMENT) experiment in the store yet: make demo)"
-	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host $(UI_HOST) --port $(UI_PORT)
+	    || echo "MLflow UI on http://$(UI_HOST):$(UI_PORT) (no $(UI_EXPERIMENT) experiment" \
+	        "in the store yet: make demo)"
+	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" \
+	    --host $(UI_HOST) --port $(UI_PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=15 $(TESTS)

@@ -388,7 +388,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      help=f"where mlflow ui serves (default {UI_HOST}, or the tracking server)")
     url.add_argument("--port", type=int, default=None,
                      help=f"where mlflow ui serves (default {UI_PORT}, or the tracking server)")
-    url.add_argument("--tracking-uri", default=None, help="the store (default: MLFLOW_TRACKING_URI)")
+    url.add_argument("--tracking-uri", default=None,
+                     help="the store (default: MLFLOW_TRACKING_URI)")
     url.add_argument("--no-view", action="store_true",
                      help=f"neither save nor open the {RUNS_VIEW!r} view")
     args = parser.parse_args(argv)
