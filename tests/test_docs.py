@@ -54,6 +54,7 @@ RUN: Dict[str, str] = {
     "mlflow run . --env-manager local -e reproduce -P quick=true": "-P seeds=1 -P datasets=digits",
     "mlflow run . --env-manager local": "-P max_cells=2",
     "mlflow run . --env-manager local -e grid -P config=demo -P backend=ray": "-P max_cells=2",
+    "python -m cna_tf.tracking url --experiment cna_tf-demo": "",
 }
 #: commands `.ci/run` runs on every clean clone
 CI = ("make test", "make demo")
@@ -344,13 +345,30 @@ def test_activating_the_venv_gives_the_project(store):
     assert proc.returncode == 0
 
 
+def _runs_link(env, port: int = 5000) -> str:
+    """The link to cna_tf-demo's runs (tests/test_ui_links.py checks its parts)."""
+    exp = _client(env).get_experiment_by_name("cna_tf-demo")
+    return (f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs"
+            "?workflowType=machine_learning&viewStateShareKey=cna_tf")
+
+
 @pytest.mark.slow
-def test_make_ui_serves_the_runs_on_loopback(store):
+def test_url_line_prints_the_link_to_the_demo_runs(store, demo_grid):
     d, env = store
+    proc = run_documented("python -m cna_tf.tracking url --experiment cna_tf-demo", env)
+    assert proc.stdout.strip().splitlines()[-1] == _runs_link(env)
+    tags = _client(env).get_experiment_by_name("cna_tf-demo").tags
+    assert "mlflow.sharedViewState.cna_tf" in tags  # the view the link opens
+
+
+@pytest.mark.slow
+def test_make_ui_serves_the_runs_on_loopback(store, demo_grid):
+    d, env = store
+    env = {k: v for k, v in env.items() if not k.startswith("UI_")}
     proc = subprocess.Popen(["bash", "-c", "make ui"], cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline, body = time.time() + 120, ""
+        deadline, body = time.time() + 180, ""
         while time.time() < deadline and proc.poll() is None:
             try:
                 with urllib.request.urlopen("http://127.0.0.1:5000/health", timeout=2) as r:
@@ -358,7 +376,13 @@ def test_make_ui_serves_the_runs_on_loopback(store):
                 break
             except OSError:
                 time.sleep(1)
-        assert body.strip() == "OK", proc.stdout.read() if proc.poll() is not None else body
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        out = proc.communicate(timeout=30)[0]
+    assert body.strip() == "OK", out[-3000:]
+    # its start-up line, before the server's: the link to the demo's runs, not to MLflow's
+    # GenAI overview (only a stale venv's install lines come before it)
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if "mlflow ui --backend-store-uri" in line)
+    assert lines[first - 1] == ("MLflow UI on http://127.0.0.1:5000; the cna_tf-demo runs: "
+                                + _runs_link(env)), out[:3000]
