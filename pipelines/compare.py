@@ -59,7 +59,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--grid_run_id", default="", help="the grid's parent run (default: the "
                     "latest grid run of the experiment)")
     ap.add_argument("--experiment", default="", help="experiment name (default: the grid's; "
-                    "with neither, cna_tf-demo)")
+                    "with neither, the one `mlflow run --experiment-name` started this run "
+                    "in, else cna_tf-demo)")
     ap.add_argument("--all_runs", type=parse_bool, default=False,
                     help="true: every finished train run of the experiment, not one grid's")
     ap.add_argument("--replicates", type=int, default=1000,
@@ -411,6 +412,22 @@ def accuracy_figure(instances: List[Dict[str, Any]], cna_key: str = "cna_test"):
                                  title=f"{cna_key} vs test accuracy (Fig. 7)")
 
 
+def _launched_in():
+    """The experiment `mlflow run` started this step's run in, unless it is the Default one
+    (``mlflow run . -e compare`` with no ``--experiment-name``); None otherwise."""
+    import mlflow
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    client = mlflow.MlflowClient()
+    try:
+        exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    except Exception:  # a run id from another store: not ours to read
+        return None
+    return None if exp.name == "Default" else exp
+
+
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     import mlflow
 
@@ -423,6 +440,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
             sys.exit(f"experiment {args.experiment!r} not found in {mlflow.get_tracking_uri()}")
     elif grid_id:
         exp = client.get_experiment(client.get_run(grid_id).info.experiment_id)
+    elif _launched_in() is not None:  # `mlflow run -e compare --experiment-name NAME`
+        exp = _launched_in()
     else:
         exp = client.get_experiment_by_name("cna_tf-demo")
         if exp is None:

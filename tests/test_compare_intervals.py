@@ -132,3 +132,18 @@ def test_compare_without_a_seed_axis_says_so_in_one_line(store, capsys):
              ("All Nets", "cna_margin", "gen_gap"))
     assert r["boot_mode"] == "pool"
     assert math.isfinite(r["kendall_low"]) and math.isnan(r["cmi_low"])
+
+
+def test_compare_under_mlflow_run_reads_the_experiment_it_was_started_in(store, monkeypatch,
+                                                                         capsys):
+    """`mlflow run . -e compare --experiment-name NAME` (no -P experiment=) compares NAME's
+    grid: mlflow run creates the step's run in NAME and passes its id as MLFLOW_RUN_ID."""
+    import compare as compare_step
+
+    exp = store.create_experiment("started-in")
+    _log_grid(store, exp, (0, 1), np.random.default_rng(2))
+    step_run = store.create_run(exp)  # what `mlflow run` creates before the command starts
+    monkeypatch.setenv("MLFLOW_RUN_ID", step_run.info.run_id)
+    rows = compare_step.main(["--replicates", "50"])
+    assert "24 runs, 24 network instances" in capsys.readouterr().out
+    assert rows and store.get_run(step_run.info.run_id).data.tags["cna_tf.role"] == "compare"
