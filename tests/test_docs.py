@@ -96,6 +96,15 @@ NOT_HERE: Dict[str, str] = {
         "the paper's MLP on the full MNIST, 3 seeds x 100 epochs: over an hour on this CPU, run "
         "once by hand (docs/results/mnist.md); tests/test_reproduce.py runs the same step with "
         "workers=2 on mnist5k and tests/test_paper_mnist.py trains on the full MNIST",
+    "mlflow run . --env-manager local -e grid --experiment-name cna_tf-gap_study "
+    "-P config=gap_study -P workers=2":
+        "96 MLPs on full MNIST trained to cross-entropy 0.01 with flatness: 69 minutes on this "
+        "CPU, run once by hand (docs/results/gap_study.md); tests/test_regularization_axes.py "
+        "trains its weight-decay axis through train.py and tests/test_pipelines.py runs a grid",
+    "mlflow run . --env-manager local -e compare --experiment-name cna_tf-gap_study":
+        "needs the gap_study grid above; tests/test_compare_intervals.py runs compare with "
+        "--experiment-name's experiment and checks its intervals, and the RUN table runs the "
+        "same line on the demo grid",
     "kubectl -n cna-tf exec -it <head pod> -- bash": "needs a Kubernetes cluster",
     "cd /app": "a folder inside the Ray head's container",
     "mlflow run . --env-manager local -e grid -P config=paper -P backend=ray "
