@@ -15,18 +15,17 @@ export PYTHONUNBUFFERED := 1
 # Runs go to a local sqlite store; browse them with `make ui`.
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 WORKERS ?= 2
-# Where `make ui` serves the MLflow UI, and the experiment whose runs its first line links to.
-UI_HOST ?= 127.0.0.1
+# The port `make ui` serves the MLflow UI on (always on 127.0.0.1: the store is not for the
+# network), and the experiment whose runs its first line links to.
 UI_PORT ?= 5000
 UI_EXPERIMENT ?= cna_tf-demo
-# `make ui` with the non-default UI_HOST / UI_PORT: what the last line of `make demo` tells to run
-UI_MAKE := make ui$(if $(filter-out 127.0.0.1,$(UI_HOST)), UI_HOST=$(UI_HOST))$\
-    $(if $(filter-out 5000,$(UI_PORT)), UI_PORT=$(UI_PORT))
+# `make ui` with a non-default UI_PORT: what the last line of `make demo` tells to run
+UI_MAKE := make ui$(if $(filter-out 5000,$(UI_PORT)), UI_PORT=$(UI_PORT))
 # Prints the link that opens experiment $(1)'s runs in that UI: the runs table, not MLflow 3.17's
 # GenAI overview, in the experiment's `cna_tf` view (saved first when missing; see
 # cna_tf/tracking.py runs_link). Keras' numpy backend: no TensorFlow start-up for a link.
 runs_url = KERAS_BACKEND=numpy $(PY) -m cna_tf.tracking url --experiment $(1) \
-    --host $(UI_HOST) --port $(UI_PORT)
+    --host 127.0.0.1 --port $(UI_PORT)
 # pytest-xdist processes for `make test`; --dist loadfile keeps a file's module fixtures in one.
 TEST_WORKERS ?= 2
 # what `make test` / `make test-fast` run (a file or folder of tests)
@@ -82,14 +81,13 @@ reproduce: $(STAMP)
 demo-quick: $(STAMP)
 	$(PY) -m cna_tf.demo
 
-# The MLflow UI over the store, on UI_HOST:UI_PORT; first the link to UI_EXPERIMENT's runs.
+# The MLflow UI over the store, on 127.0.0.1:UI_PORT; first the link to UI_EXPERIMENT's runs.
 ui: $(STAMP)
 	@url=$$($(call runs_url,$(UI_EXPERIMENT)) 2>/dev/null) \
-	    && echo "MLflow UI on http://$(UI_HOST):$(UI_PORT); the $(UI_EXPERIMENT) runs: $$url" \
-	    || echo "MLflow UI on http://$(UI_HOST):$(UI_PORT) (no $(UI_EXPERIMENT) experiment" \
+	    && echo "MLflow UI on http://127.0.0.1:$(UI_PORT); the $(UI_EXPERIMENT) runs: $$url" \
+	    || echo "MLflow UI on http://127.0.0.1:$(UI_PORT) (no $(UI_EXPERIMENT) experiment" \
 	        "in the store yet: make demo)"
-	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" \
-	    --host $(UI_HOST) --port $(UI_PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(UI_PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=15 $(TESTS)

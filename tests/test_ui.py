@@ -72,8 +72,10 @@ def demo_link(tracking_uri: str, ui_url: str) -> str:
     """
     port = int(ui_url.rsplit(":", 1)[1])
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("UI_", "MLFLOW_")) and k != "PYTEST_CURRENT_TEST"}
-    dry = subprocess.run(["make", "-n", "demo", f"UI_PORT={port}"], cwd=ROOT, env=env,
+           if not k.startswith(("UI_", "MLFLOW_")) and k not in (
+               "PYTEST_CURRENT_TEST", "MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "demo", f"UI_PORT={port}"],
+                         cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     last = dry.stdout.strip().splitlines()[-1]
