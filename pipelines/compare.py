@@ -296,6 +296,7 @@ def add_intervals(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]],
         nets = [i for i in finals if _in_scope(i, scope)]
         axes = [a for a in AXES if len({repr(i.get(a)) for i in nets}) > 1]
         hparams = {a: [i.get(a) for i in nets] for a in axes}
+        replicate_axis, partial = _replicate_axis(hparams, len(nets))
         for target in TARGETS:
             metrics = list(dict.fromkeys(r["metric"] for r in rows
                                          if r["scope"] == scope and r["target"] == target))
@@ -303,8 +304,10 @@ def add_intervals(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]],
                 continue
             measures = {m: [float(i.get(m, math.nan)) for i in nets] for m in metrics}
             gap = [float(i.get(target, math.nan)) for i in nets]
-            res = bootstrap(measures, gap, hparams, replicate_axis="seed",
+            res = bootstrap(measures, gap, hparams, replicate_axis=replicate_axis,
                             replicates=replicates, level=level, seed=seed)
+            if partial:
+                res.notes.insert(0, partial)
             results[(scope, target)] = res
             for r in rows:
                 if r["scope"] != scope or r["target"] != target:
@@ -316,6 +319,24 @@ def add_intervals(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]],
                     r.update({f"{stat}_point": point, f"{stat}_low": low,
                               f"{stat}_high": high})
     return results
+
+
+def _replicate_axis(hparams: Dict[str, List[Any]], n: int):
+    """``("seed", "")`` when every combination of the other varied hyperparameters has at
+    least two seeds; else ``(None, why)``: the networks are then resampled as a pool, since a
+    combination with one network would put none of its seed variance in the interval."""
+    if "seed" not in hparams:
+        return None, ""
+    others = [a for a in hparams if a != "seed"]
+    sizes: Dict[tuple, int] = {}
+    for i in range(n):
+        key = tuple(repr(hparams[a][i]) for a in others)
+        sizes[key] = sizes.get(key, 0) + 1
+    single = sum(1 for v in sizes.values() if v < 2)
+    if not single:
+        return "seed", ""
+    return None, (f"the seed varies, but {single} of the {len(sizes)} combinations of the other "
+                  "hyperparameters have a single network: resampled as a pool, not by seed")
 
 
 def _network_order(instance: Dict[str, Any]) -> tuple:
@@ -346,16 +367,17 @@ def interval_markdown(result, target: str, scope: str = "All Nets",
              f"({result.size} networks per replicate, {result.replicates} replicates, {pct} "
              "percentile intervals, SPEC §9; CMI's point is its mean over the replicates)", ""]
     if result.mode == "pool":
-        lines += [f"No seed axis: the runs have no replicate seed per combination of the other "
-                  f"hyperparameters, so the networks are resampled as a pool and CMI has no "
-                  f"interval.", ""]
+        lines += ["No seed axis: not every combination of the other hyperparameters was trained "
+                  "with two or more seeds, so the networks are resampled as a pool and CMI has "
+                  "no interval.", ""]
     lines += ["| rank | metric | " + " | ".join(h for _, h in INTERVAL_STATS) + " |",
               "|---|---|" + "---|" * len(INTERVAL_STATS)]
     for rank, (metric, stats_) in enumerate(sorted(result.items(), key=key), 1):
         cells = [_fmt_interval(*stats_[s], fmt="{:.3f}" if s == "cmi" else "{:+.2f}")
                  for s, _ in INTERVAL_STATS]
         lines.append(f"| {rank} | {metric} | " + " | ".join(cells) + " |")
-    notes = [n for n in result.notes if not n.startswith("no replicate axis")]
+    notes = [n for n in result.notes
+             if not n.startswith(("no replicate axis", "the seed varies, but"))]
     lines += [""] + [f"- {n}" for n in notes]
     if paired_with in result and len(result) > 1:
         lines.append("")

@@ -147,3 +147,33 @@ def test_compare_under_mlflow_run_reads_the_experiment_it_was_started_in(store, 
     rows = compare_step.main(["--replicates", "50"])
     assert "24 runs, 24 network instances" in capsys.readouterr().out
     assert rows and store.get_run(step_run.info.run_id).data.tags["cna_tf.role"] == "compare"
+
+
+def test_a_seed_in_only_some_combinations_is_a_pool(store, capsys):
+    """As in the demo grid: seeds 0 and 1 for some combinations, seed 0 alone for others."""
+    import compare as compare_step
+
+    exp = store.create_experiment("some-seeds")
+    _log_grid(store, exp, (0,), np.random.default_rng(3))
+    _log_grid(store, exp, (1,), np.random.default_rng(4))  # a second grid run: seed 1
+    grid_2 = store.search_runs([exp], "tags.`cna_tf.role` = 'grid'")
+    rows = compare_step.main(["--experiment", "some-seeds", "--all_runs", "true",
+                              "--replicates", "50"])
+    assert len(grid_2) == 2 and rows
+    both = next(r for r in rows if (r["scope"], r["metric"], r["target"]) ==
+                ("All Nets", "cna_margin", "gen_gap"))
+    assert both["boot_mode"] == "seed"   # every combination has seeds 0 and 1
+    import mlflow
+
+    run = mlflow.MlflowClient().search_runs(
+        [exp], "tags.`cna_tf.role` = 'train' and params.depth = '4' and params.seed = '1'")
+    for r in run:  # seed 1 of the depth-4 combinations is deleted: they keep one seed only
+        mlflow.MlflowClient().delete_run(r.info.run_id)
+    capsys.readouterr()
+    rows = compare_step.main(["--experiment", "some-seeds", "--all_runs", "true",
+                              "--replicates", "50"])
+    out = capsys.readouterr().out
+    r = next(r for r in rows if (r["scope"], r["metric"], r["target"]) ==
+             ("All Nets", "cna_margin", "gen_gap"))
+    assert r["boot_mode"] == "pool" and "6 of the 12 combinations" in r["boot_note"]
+    assert sum("No seed axis" in ln for ln in out.splitlines()) == 2
