@@ -189,14 +189,15 @@ def _entropy_bits(counts: np.ndarray) -> np.ndarray:
 
 
 def _mutual_information_bits(tables: np.ndarray) -> np.ndarray:
-    """Mutual information (log2) of each 2x2 contingency table in ``tables`` (bins, 2, 2)."""
-    total = tables.sum(axis=(1, 2), keepdims=True)
+    """Mutual information (log2) of each 2x2 contingency table in ``tables`` (..., 2, 2):
+    rows the gap's sign, columns the measure's."""
+    total = tables.sum(axis=(-2, -1), keepdims=True)
     joint = tables / total
-    p_gap = joint.sum(axis=2, keepdims=True)
-    p_measure = joint.sum(axis=1, keepdims=True)
+    p_gap = joint.sum(axis=-1, keepdims=True)
+    p_measure = joint.sum(axis=-2, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = joint * np.log2(joint / (p_gap * p_measure))
-    return np.where(joint > 0, terms, 0.0).sum(axis=(1, 2))
+    return np.where(joint > 0, terms, 0.0).sum(axis=(-2, -1))
 
 
 def conditional_mutual_information(measure: Sequence[float], gap: Sequence[float],
@@ -501,9 +502,9 @@ class _Scorer:
     def _cmi(self, idx: np.ndarray, cmi_bins) -> np.ndarray:
         """conditional_mutual_information of each replicate (seed mode: one net per cell).
 
-        The same arithmetic as the function, on every replicate at once: per ordered pair of
-        axes, one bincount gives the (gap sign, measure sign) counts of every bin of every
-        replicate, laid out (cell, replicate, bin)."""
+        The function's arithmetic (`_entropy_bits`, `_mutual_information_bits`) on every
+        replicate at once: per ordered pair of axes, one bincount gives the (gap sign, measure
+        sign) table of every bin of every replicate, laid out (replicate, bin, gap, measure)."""
         c = len(idx)
         x, g = self.x_raw[idx], self.g_raw[idx]                        # (c, size, M), (c, size)
         gap_sign = (g[:, :, None] > g[:, None, :]).reshape(c, -1)
@@ -513,27 +514,16 @@ class _Scorer:
         for p, (bin_id, n_bins, filled) in enumerate(cmi_bins):
             cb = c * n_bins
             base = (np.arange(c)[:, None] * n_bins + bin_id[None, :]) + 2 * cb * gap_sign
-            total = np.bincount(bin_id, minlength=n_bins)[filled].astype(np.float64)
             mean_h = None
             for k in range(self.m):
-                flat = base + cb * measure_signs[k]
-                counts = np.bincount(flat.ravel(), minlength=4 * cb)
-                counts = counts.reshape(4, c, n_bins)[:, :, filled].astype(np.float64)
-                joint = counts / total                                 # (4, c, bins)
-                p_gap = (joint[0] + joint[1], joint[2] + joint[3])
+                counts = np.bincount((base + cb * measure_signs[k]).ravel(), minlength=4 * cb)
+                tables = counts.reshape(2, 2, c, n_bins)[:, :, :, filled].transpose(2, 3, 0, 1)
+                tables = tables.astype(np.float64)                     # (c, bins, 2, 2)
                 if mean_h is None:                                     # the gap's entropy
-                    q0, q1 = p_gap
-                    h = -(q0 * np.log2(q0 + 1e-12) + q1 * np.log2(q1 + 1e-12))
-                    mean_h = np.mean(h, axis=1)
-                p_measure = (joint[0] + joint[2], joint[1] + joint[3])
-                mi = 0.0
+                    mean_h = np.mean(_entropy_bits(tables.sum(axis=-1)), axis=1)
+                mi = np.mean(_mutual_information_bits(tables), axis=1)
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    for cell, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-                        j = joint[cell]
-                        mi = mi + np.where(j > 0, j * np.log2(j / (p_gap[a] * p_measure[b])),
-                                           0.0)
-                    scores[p, :, k] = np.where(mean_h > 1e-9, np.mean(mi, axis=1) / mean_h,
-                                               math.nan)
+                    scores[p, :, k] = np.where(mean_h > 1e-9, mi / mean_h, math.nan)
         best = np.where(np.isnan(scores), np.inf, scores).min(axis=0)  # (c, M)
         best = np.where(np.isinf(best), math.nan, best)
         undefined = np.isnan(x).any(axis=1) | np.isnan(g).any(axis=1)[:, None]
