@@ -225,6 +225,14 @@ def _in_scope(instance: Dict[str, Any], scope: str) -> bool:
     return str(instance.get(col)) == value
 
 
+def _scope_networks(finals: List[Dict[str, Any]], scope: str) -> tuple:
+    """The networks (final snapshots) of a scope and the hyperparameters they vary:
+    ``(nets, {axis: value per network})``, axes in `AXES` order."""
+    nets = [i for i in finals if _in_scope(i, scope)]
+    axes = [a for a in AXES if len({repr(i.get(a)) for i in nets}) > 1]
+    return nets, {a: [i.get(a) for i in nets] for a in axes}
+
+
 def add_cmi(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]]) -> None:
     """Adds ``cmi`` (PGDL's conditional mutual information with the row's gap, SPEC §8),
     ``cmi_n``, ``cmi_hparams`` and ``cmi_note`` to every row, in place.
@@ -239,9 +247,8 @@ def add_cmi(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]]) -> None
     finals = final_snapshots(instances)
     per_scope: Dict[str, tuple] = {}
     for scope in dict.fromkeys(r["scope"] for r in rows):
-        nets = [i for i in finals if _in_scope(i, scope)]
-        axes = [a for a in AXES if len({repr(i.get(a)) for i in nets}) > 1]
-        hparams = {a: [i.get(a) for i in nets] for a in axes}
+        nets, hparams = _scope_networks(finals, scope)
+        axes = list(hparams)
         note = ""
         if len(axes) < 2:
             note = (f"the {len(nets)} final snapshots vary {len(axes)} hyperparameter(s) "
@@ -293,9 +300,7 @@ def add_intervals(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]],
     finals = sorted(final_snapshots(instances), key=_network_order)
     results: Dict[tuple, Any] = {}
     for scope in dict.fromkeys(r["scope"] for r in rows):
-        nets = [i for i in finals if _in_scope(i, scope)]
-        axes = [a for a in AXES if len({repr(i.get(a)) for i in nets}) > 1]
-        hparams = {a: [i.get(a) for i in nets] for a in axes}
+        nets, hparams = _scope_networks(finals, scope)
         replicate_axis, partial = _replicate_axis(hparams, len(nets))
         for target in TARGETS:
             metrics = list(dict.fromkeys(r["metric"] for r in rows
@@ -456,14 +461,15 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     args = parse_args(argv)
     client = mlflow.MlflowClient()
     grid_id = args.grid_run_id
+    launched_in = None if args.experiment or grid_id else _launched_in()
     if args.experiment:
         exp = client.get_experiment_by_name(args.experiment)
         if exp is None:
             sys.exit(f"experiment {args.experiment!r} not found in {mlflow.get_tracking_uri()}")
     elif grid_id:
         exp = client.get_experiment(client.get_run(grid_id).info.experiment_id)
-    elif _launched_in() is not None:  # `mlflow run -e compare --experiment-name NAME`
-        exp = _launched_in()
+    elif launched_in is not None:  # `mlflow run -e compare --experiment-name NAME`
+        exp = launched_in
     else:
         exp = client.get_experiment_by_name("cna_tf-demo")
         if exp is None:
