@@ -133,24 +133,25 @@ def test_grid_and_main_declare_dry_run():
 
 
 @pytest.mark.slow
-def test_the_grid_entry_point_prints_the_plan(tmp_path):
-    """`mlflow run . -e grid -P dry_run=true` itself, with an empty HOME (the stop it would
-    make without dry_run is the in-process test's above: the same main)."""
-    config = tmp_path / "mixed.yaml"
-    config.write_text(CONFIG)
+def test_the_documented_dry_run_prints_the_plan(tmp_path):
+    """README's and docs/pipelines.md's `mlflow run . -e grid -P config=paper -P dry_run=true`,
+    as written, with an empty HOME (so only the generated Gaussian noise is here); the stop it
+    would make without dry_run is the in-process test's above (the same main)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_", "CNA_TF_", "KERAS_", "XDG_"))}
     env.update(HOME=str(tmp_path / "home"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
                PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
                TF_CPP_MIN_LOG_LEVEL="3")
-    base = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager",
-            "local", "-e", "grid", "-P", f"config={config}"]
-    dry = subprocess.run(base + ["-P", "dry_run=true"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True)
+    command = "mlflow run . --env-manager local -e grid -P config=paper -P dry_run=true"
+    dry = subprocess.run(command.split(), cwd=ROOT, env=env, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert "dry run of grid 'mixed': 7 cells; nothing is trained" in dry.stdout
-    assert "  cifar10: 3 cells, MISSING" in dry.stdout
-    assert "no experiment" not in dry.stdout and "no run of this grid in experiment" in dry.stdout
+    out = dry.stdout
+    assert "dry run of grid 'paper': 102 cells; nothing is trained" in out
+    assert "  mnist: 19 cells, MISSING" in out and "  gaussian: 4 cells, here: generated" in out
+    assert "  imagenet32: 3 cells, MISSING" in out
+    assert ("  fetch them: python -m cna_tf.data.fetch mnist fashion_mnist svhn cifar10 "
+            "cifar100") in out
+    assert "no run of this grid in experiment 'Default' yet; 0 of 102 cells finished" in out
     # the run `mlflow run` made is marked as the dry run it was
     import mlflow
 
