@@ -1,4 +1,4 @@
-"""`python -m cna_tf.data.fetch`: each dataset fetched in its real format, then loaded; bad downloads.
+"""`python -m cna_tf.data.fetch`: each dataset fetched in its real format, then loaded; failures.
 
 An HTTP server on 127.0.0.1, started here, plays the origins (``CNA_TF_DATA_MIRROR`` points at
 it) and serves small files written here in each dataset's real format: Keras' gzipped IDX files
@@ -208,7 +208,8 @@ def test_cifar_is_extracted_as_keras_3_caches_it(origin, monkeypatch, rng, tmp_p
     assert fetch.main(["cifar10"]) == 0
     datasets = tmp_path / "keras_home" / "datasets"
     assert (datasets / "cifar-10-python.tar.gz").is_file()
-    assert (datasets / "cifar-10-batches-py-target" / "cifar-10-batches-py" / "test_batch").is_file()
+    extracted = datasets / "cifar-10-batches-py-target" / "cifar-10-batches-py"
+    assert (extracted / "test_batch").is_file()
 
 
 def test_config_fetches_every_dataset_it_names(origin, monkeypatch, rng, tmp_path, capsys):

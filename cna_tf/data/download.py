@@ -28,6 +28,7 @@ Mirror: set ``CNA_TF_DATA_MIRROR`` to a base URL (``https://mirror.example/cna_t
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import time
@@ -167,15 +168,16 @@ def download(remote: Remote, dest: Path, check: Optional[Callable[[Path], None]]
                 if length and length.isdigit() and got != int(length):
                     raise DownloadError(
                         f"{remote.name} from {url} is truncated: {got} of the {length} bytes the "
-                        "server announced arrived. Nothing was kept; run the fetch again.")
+                        f"server announced arrived. Nothing was kept at {dest}; run the fetch "
+                        "again.")
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise DownloadError(f"{remote.name}: fetching {url} failed after {got} bytes "
-                                f"({type(e).__name__}: {e}). Nothing was kept; run the fetch "
-                                f"again{_mirror_hint()}.") from None
-        except _HTTP_ERRORS as e:
+                                f"({type(e).__name__}: {e}). Nothing was kept at {dest}; run "
+                                f"the fetch again{_mirror_hint()}.") from None
+        except http.client.HTTPException as e:
             raise DownloadError(f"{remote.name}: the download from {url} broke off after {got} "
-                                f"bytes ({type(e).__name__}: {e}). Nothing was kept; run the "
-                                "fetch again.") from None
+                                f"bytes ({type(e).__name__}: {e}). Nothing was kept at {dest}; "
+                                "run the fetch again.") from None
         bad = []
         if sha.hexdigest() != remote.sha256:
             bad.append(f"sha256 {sha.hexdigest()}, expected {remote.sha256}")
@@ -183,15 +185,15 @@ def download(remote: Remote, dest: Path, check: Optional[Callable[[Path], None]]
             bad.append(f"md5 {md5.hexdigest()}, expected {remote.md5}")
         if bad:
             raise DownloadError(f"{remote.name} from {url} ({got} bytes) is not the expected "
-                                f"file: {'; '.join(bad)}. Nothing was kept (a damaged download "
-                                "or a changed origin; do not use it).")
+                                f"file: {'; '.join(bad)}. Nothing was kept at {dest} (a damaged "
+                                "download, or the origin changed the file).")
         if check is not None:
             try:
                 check(tmp)
             except Exception as e:
                 raise DownloadError(f"{remote.name} from {url} matched its hashes but cannot be "
-                                    f"read safely ({type(e).__name__}: {e}). Nothing was kept."
-                                    ) from None
+                                    f"read safely ({type(e).__name__}: {e}). Nothing was kept "
+                                    f"at {dest}.") from None
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
@@ -205,12 +207,3 @@ def _mirror_hint() -> str:
     if os.environ.get(ENV_MIRROR, "").strip():
         return f" (from the mirror {ENV_MIRROR}={os.environ[ENV_MIRROR]})"
     return f" (or set {ENV_MIRROR} to a mirror holding the file)"
-
-
-def _http_errors() -> Tuple[type, ...]:
-    import http.client
-
-    return (http.client.HTTPException,)
-
-
-_HTTP_ERRORS = _http_errors()

@@ -322,7 +322,8 @@ def _load_tfds_or_npz(name: str, data_dir: Optional[str] = None):
     folder = _fetched(name, data_dir)
     if folder is not None:
         if name == "svhn":
-            arrays = (*read_svhn_mat(folder / SVHN_FILES[0]), *read_svhn_mat(folder / SVHN_FILES[1]))
+            arrays = (*read_svhn_mat(folder / SVHN_FILES[0]),
+                      *read_svhn_mat(folder / SVHN_FILES[1]))
         else:
             arrays = read_imagenet32(folder)
         return arrays, num_classes, (0, 255)
@@ -390,8 +391,8 @@ def _local_npz_or_raise(name: str, data_dir: Optional[str], num_classes: int,
 
 def _cifar_hint(cache_dir: Optional[str], folder: str, archive: str, files: str) -> List[str]:
     d = keras_dataset_dirs(cache_dir)[0]
-    return [f"the files `python -m cna_tf.data.fetch {'cifar10' if '-10-' in archive else 'cifar100'}` "
-            f"downloads and extracts into {d}",
+    name = "cifar10" if folder.startswith("cifar-10-") else "cifar100"
+    return [f"the files `python -m cna_tf.data.fetch {name}` downloads and extracts into {d}",
             f"the extracted CIFAR python pickles ({files}) in {d / (folder + '-target') / folder}/ "
             f"(Keras 3 cache layout) or {d / folder}/",
             f"the archive {archive} from https://www.cs.toronto.edu/~kriz/{archive} at "
