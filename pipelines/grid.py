@@ -239,7 +239,8 @@ def dry_run(name: str, cells: List[Dict[str, Any]], experiment: str,
         print(f"  {i:>{width}}. {state:8s}  {label(p)}  [{k}]")
     print("data:")
     for d, (where, n) in status.items():
-        print(f"  {d}: {n} cells, " + (f"here: {where}" if where is not None else "MISSING"))
+        print(f"  {d}: {n} cell{'s' * (n != 1)}, "
+              + (f"here: {where}" if where is not None else "MISSING"))
     missing = [d for d, (where, _) in status.items() if where is None]
     if missing:
         print("  " + fetch_hint(missing).replace("\n", "\n  "))

@@ -54,9 +54,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     with mlflow.start_run() as run:
         log_launch("main", {k: getattr(args, k) for k in declared("main")})
         experiment_id = run.info.experiment_id
-        grid = mlflow.projects.run(
-            str(PROJECT_DIR), entry_point="grid", env_manager="local", experiment_id=experiment_id,
-            parameters=grid_parameters(args))
+        try:
+            grid = mlflow.projects.run(
+                str(PROJECT_DIR), entry_point="grid", env_manager="local",
+                experiment_id=experiment_id, parameters=grid_parameters(args))
+        except mlflow.exceptions.ExecutionException as e:  # its own message is printed above
+            raise SystemExit(f"main: the grid step failed, so nothing was compared ({e})"
+                             ) from None
         if args.dry_run:
             return
         grid_run_id = client.get_run(grid.run_id).data.tags["cna_tf.grid_run_id"]

@@ -105,8 +105,8 @@ def test_dry_run_prints_the_plan_and_the_finished_cells(nodata, capsys):
     assert out[3].startswith("  3. no data   mlp/cifar10")
     assert out[8] == "data:"
     assert out[9:13] == ["  digits: 2 cells, here: bundled with scikit-learn",
-                         "  cifar10: 3 cells, MISSING", "  svhn: 1 cells, MISSING",
-                         "  imagenet32: 1 cells, MISSING"]
+                         "  cifar10: 3 cells, MISSING", "  svhn: 1 cell, MISSING",
+                         "  imagenet32: 1 cell, MISSING"]
     assert out[13] == "  fetch them: python -m cna_tf.data.fetch cifar10 svhn"
     assert out[-1].endswith(f"grid run {parent} in experiment 'cna_tf-mixed'; 1 of 7 cells "
                             "finished (a real run skips them), 6 to train")

@@ -200,7 +200,8 @@ def config_datasets(config: str) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command line; returns the exit status (0: every dataset is here, 1: some failed)."""
+    """The command line; returns the exit status (0: every dataset is here, 1: some failed,
+    130: interrupted)."""
     parser = argparse.ArgumentParser(prog="python -m cna_tf.data.fetch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="*", metavar="NAME",
@@ -232,6 +233,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except FetchError as e:
             print(f"cna_tf.data.fetch: {n}: {e}", file=sys.stderr, flush=True)
             failed.append(n)
+        except KeyboardInterrupt:  # the download deleted its partial file on the way out
+            print(f"cna_tf.data.fetch: {n}: interrupted; nothing of it was kept (run the fetch "
+                  "again)", file=sys.stderr, flush=True)
+            return 130
     if failed:
         print(f"cna_tf.data.fetch: not fetched: {', '.join(failed)}", file=sys.stderr)
         return 1
