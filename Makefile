@@ -61,10 +61,12 @@ lock:
 	rm -rf .lock-venv
 	@echo "$(LOCK): $$(grep -c '==' $(LOCK)) packages pinned; now run make test and commit it"
 
-# The demo grid (17 networks on digits and Gaussian noise), then its comparison table.
+# The demo grid (17 networks on digits and Gaussian noise), then its comparison table, then the
+# link to the runs (printed here, once: CNA_TF_BROWSE_LINE=0 keeps compare from printing it too).
 demo: $(STAMP)
 	$(MLFLOW_RUN) -e grid --experiment-name cna_tf-demo -P config=demo -P workers=$(WORKERS)
-	$(MLFLOW_RUN) -e compare --experiment-name cna_tf-demo -P experiment=cna_tf-demo
+	CNA_TF_BROWSE_LINE=0 $(MLFLOW_RUN) -e compare --experiment-name cna_tf-demo \
+	    -P experiment=cna_tf-demo
 	@url=$$($(call runs_url,cna_tf-demo)) && echo "Browse the runs: $(UI_MAKE), then open $$url"
 
 # PARAMS: extra `-P name=value` for the step (e.g. PARAMS="-P quick=true"); BENCH_ARGS: for

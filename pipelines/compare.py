@@ -22,6 +22,10 @@ Markdown tables.
 
     python pipelines/compare.py --grid_run_id <id>          # one grid
     python pipelines/compare.py --experiment cna_tf-demo    # all train runs of an experiment
+
+It ends with where to look (``Browse the runs: ...``, `cna_tf.tracking.browse_line`), unless
+the environment has ``CNA_TF_BROWSE_LINE=0``: `make demo` sets it and prints the line itself,
+once, as its last line.
 """
 from __future__ import annotations
 
@@ -537,8 +541,11 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                                     f"kendall_high.{r['metric']}.{r['target']}":
                                         r["kendall_high"]})
     from cna_tf.tracking import browse_line  # where to look: the runs, in the MLflow UI
+    # CNA_TF_BROWSE_LINE=0: `make demo` prints that line itself (with the port `make ui` uses)
+    where = ("" if os.environ.get("CNA_TF_BROWSE_LINE", "1") == "0"
+             else f"\n\n{browse_line(exp.experiment_id, client)}")
     print(f"compare run {run.info.run_id}: {len(runs)} runs, {len(instances)} network "
-          f"instances\n\n{tables}\n\n{browse_line(exp.experiment_id, client)}", flush=True)
+          f"instances\n\n{tables}{where}", flush=True)
     return rows
 
 

@@ -7,6 +7,12 @@ that FINISHED are skipped, runs left RUNNING by a killed grid are marked KILLED,
 killed cells are trained again in their own run (resumed from the cell's backup when one exists,
 otherwise the old run is deleted and a new one started), so no cell is ever recorded twice.
 
+Before anything is trained the grid looks up every cell's dataset (`data_status`, file lookups
+only); when any is missing it stops with one message: the missing datasets, how many cells each
+holds, and the fetch command (``--datasets`` runs only the cells whose data is here). With
+``--dry_run true`` it prints the plan instead of training: the cells, each dataset's status, and
+the cells already finished in the store.
+
 This module keeps that bookkeeping (the parent run, the plan, each cell's run opened and closed);
 how a cell's ``train.py`` runs is an executor's (`executors.py`): ``local`` (``train.py``
 subprocesses on this machine), ``ray`` (the same ``train.py`` command as a Ray task per cell, on
@@ -16,6 +22,7 @@ kubernetes backend).
     python pipelines/grid.py --config demo --workers 2
     python pipelines/grid.py --config demo --backend ray                      # local Ray runtime
     python pipelines/grid.py --config paper --datasets mnist           # its MNIST rows, offline
+    python pipelines/grid.py --config paper --dry_run true    # the plan: cells, data, finished
     python pipelines/grid.py --config paper --backend ray --ray_address ray://head:10001 \
         --ray_gpus_per_cell 1
     python pipelines/grid.py --config paper --backend kubernetes --backend_config k8s.json
@@ -38,7 +45,8 @@ from backup import has_backup  # noqa: E402
 from cells import ConfigError, cell_key, cli_args, load_config, select  # noqa: E402
 from executors import (FORWARD_ENV, KubernetesExecutor, LocalExecutor, RayExecutor,  # noqa: E402
                        require_ray)
-from params import declared, log_launch, log_resolved, parse_float, parse_int  # noqa: E402
+from params import (declared, log_launch, log_resolved, parse_bool, parse_float,  # noqa: E402
+                    parse_int)
 
 from cna_tf.tracking import TAG_PREFIX as TAG  # noqa: E402
 
@@ -64,6 +72,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     "mnist for the paper's grid where the data exists offline")
     ap.add_argument("--max_cells", type=parse_int, default=0,
                     help="only the first N cells (0: all)")
+    ap.add_argument("--dry_run", type=parse_bool, default=False,
+                    help="print the plan (the cells, each dataset's data status, the cells "
+                    "already finished in the store) and train nothing")
     ap.add_argument("--ray_address", default="",
                     help="ray: empty starts a local Ray runtime; 'auto' or 'ray://host:10001' "
                     "(or host:6379 on a cluster node) joins a cluster")
@@ -112,6 +123,138 @@ def label(p: Dict[str, Any]) -> str:
     depth = f" depth={p['depth']}" if p["arch"] == "mlp" else ""
     return (f"{p['arch']}/{p['dataset']} w={p['width']:g}{depth} ep={p['epochs']} "
             f"seed={p['seed']}{extra}")
+
+
+def find_parent(client, experiment_id: str, keys: List[str]) -> Optional[str]:
+    """The id of the grid run of these cell keys in the experiment (the first made), or None."""
+    found = client.search_runs(
+        [experiment_id], f"tags.`{TAG}grid_key` = '{grid_key(keys)}' and "
+        f"tags.`{TAG}role` = 'grid'", max_results=1, order_by=["attributes.start_time ASC"])
+    return found[0].info.run_id if found else None
+
+
+def children(client, experiment_id: str, parent_id: str) -> Dict[str, List[Any]]:
+    """A grid run's child runs by cell key (active runs only; deleted ones are gone)."""
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
+                              max_results=50_000)
+    by_key: Dict[str, List[Any]] = {}
+    for r in runs:
+        by_key.setdefault(r.data.tags.get(TAG + "cell_key", ""), []).append(r)
+    return by_key
+
+
+# -- data: looked up before anything is trained ---------------------------------------------
+def _location_options(p: Dict[str, Any]) -> Dict[str, Any]:
+    import json
+
+    options = json.loads(p["data_options"]) if p["data_options"] else {}
+    return {k: v for k, v in options.items() if k in ("cache_dir", "data_dir", "label_mode")}
+
+
+def data_status(cells: List[Dict[str, Any]]) -> Dict[str, Tuple[Optional[str], int]]:
+    """Each dataset of the cells, in config order: where it is (None: missing) and its cells.
+
+    File lookups only (`cna_tf.data.loaders.locate`); a dataset whose cells name different
+    folders (``data_options``) is missing when any of them lacks it.
+    """
+    from cna_tf.data.loaders import locate
+
+    out: Dict[str, Tuple[Optional[str], int]] = {}
+    seen: Dict[Tuple[str, str], Optional[str]] = {}
+    for p in cells:
+        options = _location_options(p)
+        key = (p["dataset"], repr(sorted(options.items())))
+        if key not in seen:
+            seen[key] = locate(p["dataset"], **options)
+        where, n = out.get(p["dataset"], ("", 0))
+        out[p["dataset"]] = (None if where is None or seen[key] is None else seen[key], n + 1)
+    return out
+
+
+def fetch_hint(missing: List[str]) -> str:
+    """How to get the missing datasets: the fetch command, and imagenet32's manual download."""
+    from cna_tf.data.fetch import FETCHABLE, fetch_command
+
+    fetchable = [d for d in missing if d in FETCHABLE]
+    lines = []
+    if fetchable:
+        lines.append(f"fetch them: {fetch_command(fetchable)}")
+    if "imagenet32" in missing:
+        lines.append("imagenet32 needs an ImageNet account: `python -m cna_tf.data.fetch "
+                     "imagenet32` says what to download and where to put it")
+    other = [d for d in missing if d not in fetchable and d != "imagenet32"]
+    if other:
+        lines.append(f"put these files in place: {', '.join(other)}")
+    return "\n".join(lines)
+
+
+def missing_message(name: str, status: Dict[str, Tuple[Optional[str], int]]) -> str:
+    """The grid's one message when datasets are missing (see `data_status`)."""
+    missing = [d for d, (where, _) in status.items() if where is None]
+    here = [d for d, (where, _) in status.items() if where is not None]
+    total = sum(n for _, n in status.values())
+    lines = [f"grid {name!r}: {len(missing)} of its {len(status)} datasets are not on this "
+             f"machine; nothing was trained:"]
+    lines += [f"  {d}: {status[d][1]} of {total} cells" for d in missing]
+    lines.append(fetch_hint(missing))
+    if here:
+        lines.append(f"or train only the cells whose data is here: -P datasets={','.join(here)} "
+                     f"(mlflow run) or --datasets {','.join(here)}")
+    return "\n".join(lines)
+
+
+def dry_run(name: str, cells: List[Dict[str, Any]], experiment: str,
+            status: Dict[str, Tuple[Optional[str], int]]) -> Dict[str, Any]:
+    """Prints the plan; trains nothing, creates no run (beyond the one `mlflow run` made).
+
+    The finished cells are those a real run would skip: FINISHED child runs of the grid run of
+    these cells (found as `Grid.open_parent` finds it) in the experiment the grid would use.
+
+    Returns:
+        ``{"cells", "finished", "missing", "experiment", "grid_run_id"}`` for callers and tests.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    keys = [cell_key(c) for c in cells]
+    own = os.environ.get("MLFLOW_RUN_ID")
+    exp_name = experiment or f"cna_tf-{name}"
+    if own and not experiment:
+        exp = client.get_experiment(client.get_run(own).info.experiment_id)
+    else:
+        exp = client.get_experiment_by_name(exp_name)
+    parent = find_parent(client, exp.experiment_id, keys) if exp is not None else None
+    done = set()
+    if parent is not None:
+        done = {k for k, runs in children(client, exp.experiment_id, parent).items()
+                if any(r.info.status == "FINISHED" for r in runs)}
+    if own:
+        client.set_tag(own, "mlflow.runName", f"grid-{name} (dry run)")
+        client.set_tag(own, TAG + "role", "grid-dry-run")
+    print(f"dry run of grid {name!r}: {len(cells)} cells; nothing is trained", flush=True)
+    width = len(str(len(cells)))
+    for i, (p, k) in enumerate(zip(cells, keys), 1):
+        state = "finished" if k in done else (
+            "to train" if status[p["dataset"]][0] is not None else "no data")
+        print(f"  {i:>{width}}. {state:8s}  {label(p)}  [{k}]")
+    print("data:")
+    for d, (where, n) in status.items():
+        print(f"  {d}: {n} cell{'s' * (n != 1)}, "
+              + (f"here: {where}" if where is not None else "MISSING"))
+    missing = [d for d, (where, _) in status.items() if where is None]
+    if missing:
+        print("  " + fetch_hint(missing).replace("\n", "\n  "))
+    if exp is None:
+        store = f"no experiment {exp_name!r} in the store yet"
+    elif parent is None:
+        store = f"no run of this grid in experiment {exp.name!r} yet"
+    else:
+        store = f"grid run {parent} in experiment {exp.name!r}"
+    print(f"store ({mlflow.get_tracking_uri()}): {store}; {len(done & set(keys))} of "
+          f"{len(cells)} cells finished (a real run skips them), {len(cells) - len(done)} to "
+          "train", flush=True)
+    return {"cells": len(cells), "finished": len(done), "missing": missing,
+            "experiment": exp.name if exp is not None else exp_name, "grid_run_id": parent}
 
 
 class Grid:
@@ -173,11 +316,9 @@ class Grid:
 
         gk = grid_key(self.keys)
         own = os.environ.pop("MLFLOW_RUN_ID", "") or None
-        found = self.client.search_runs(
-            [self.experiment_id], f"tags.`{TAG}grid_key` = '{gk}' and tags.`{TAG}role` = 'grid'",
-            max_results=1, order_by=["attributes.start_time ASC"])
+        found = find_parent(self.client, self.experiment_id, self.keys)
         if found:
-            run = mlflow.start_run(run_id=found[0].info.run_id)
+            run = mlflow.start_run(run_id=found)
             print(f"resuming grid run {run.info.run_id} ({self.name}, {len(self.cells)} cells)")
         else:
             run = mlflow.start_run(run_id=own)
@@ -201,13 +342,7 @@ class Grid:
 
     def children(self) -> Dict[str, List[Any]]:
         """Child runs of the parent by cell key (active runs only; deleted ones are gone)."""
-        runs = self.client.search_runs(
-            [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_id}'",
-            max_results=50_000)
-        by_key: Dict[str, List[Any]] = {}
-        for r in runs:
-            by_key.setdefault(r.data.tags.get(TAG + "cell_key", ""), []).append(r)
-        return by_key
+        return children(self.client, self.experiment_id, self.parent_id)
 
     def plan(self) -> Tuple[List[Tuple[Dict[str, Any], Optional[str]]], int]:
         """Cells still to train, each with the run id to resume (or None); and how many are done.
@@ -346,6 +481,19 @@ def main(argv: Optional[List[str]] = None) -> str:
         cells = select(cells, args.datasets, f"config {name!r}")
         if args.max_cells:
             cells = cells[:args.max_cells]
+        status = data_status(cells)
+        if args.dry_run:
+            dry_run(name, cells, args.experiment, status)
+            return ""
+        if any(where is None for where, _ in status.values()):
+            remote = args.backend == "kubernetes" or (args.backend == "ray" and
+                                                      args.ray_address.strip())
+            if not remote:
+                raise SystemExit(missing_message(name, status))
+            # the cells run on other machines, whose disks this one cannot see
+            print("warning: " + missing_message(name, status).replace(
+                "nothing was trained", f"the {args.backend} workers must have them"),
+                file=sys.stderr, flush=True)
         backup_root = Path(args.backup_root or os.environ.get("CNA_TF_BACKUP_DIR", ".cna_backup"))
         grid = Grid(name, cells, args.experiment, backup_root.resolve(),
                     args.backend, args.backend_config, ray_address=args.ray_address,

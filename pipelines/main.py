@@ -1,6 +1,9 @@
 """MLproject entry point `main`: the grid, then its comparison, chained by run id.
 
     mlflow run . --env-manager local -P config=demo -P workers=2
+    mlflow run . --env-manager local -P config=paper -P dry_run=true   # the grid's plan only
+
+The grid step checks its data first and stops, naming what to fetch, when any is missing.
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from params import PROJECT_DIR, declared, log_launch, parse_float, parse_int  # noqa: E402
+from params import (PROJECT_DIR, declared, log_launch, parse_bool, parse_float,  # noqa: E402
+                    parse_int)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -27,6 +31,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--ray_max_retries", type=parse_int, default=3)
     ap.add_argument("--max_cells", type=parse_int, default=0)
     ap.add_argument("--datasets", default="", help="only the cells of these datasets")
+    ap.add_argument("--dry_run", type=parse_bool, default=False,
+                    help="the grid step prints its plan and trains nothing; no comparison")
     return ap.parse_args(argv)
 
 
@@ -37,7 +43,7 @@ def grid_parameters(args: argparse.Namespace) -> dict:
             "ray_cpus_per_cell": args.ray_cpus_per_cell,
             "ray_gpus_per_cell": args.ray_gpus_per_cell,
             "ray_max_retries": args.ray_max_retries, "max_cells": args.max_cells,
-            "datasets": args.datasets}
+            "datasets": args.datasets, "dry_run": str(args.dry_run).lower()}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -48,9 +54,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     with mlflow.start_run() as run:
         log_launch("main", {k: getattr(args, k) for k in declared("main")})
         experiment_id = run.info.experiment_id
-        grid = mlflow.projects.run(
-            str(PROJECT_DIR), entry_point="grid", env_manager="local", experiment_id=experiment_id,
-            parameters=grid_parameters(args))
+        try:
+            grid = mlflow.projects.run(
+                str(PROJECT_DIR), entry_point="grid", env_manager="local",
+                experiment_id=experiment_id, parameters=grid_parameters(args))
+        except mlflow.exceptions.ExecutionException as e:  # its own message is printed above
+            raise SystemExit(f"main: the grid step failed, so nothing was compared ({e})"
+                             ) from None
+        if args.dry_run:
+            return
         grid_run_id = client.get_run(grid.run_id).data.tags["cna_tf.grid_run_id"]
         mlflow.set_tag("cna_tf.grid_run_id", grid_run_id)
         compare = mlflow.projects.run(str(PROJECT_DIR), entry_point="compare", env_manager="local",

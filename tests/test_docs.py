@@ -64,6 +64,9 @@ ELSEWHERE: Dict[str, str] = {
         "tests/test_docs_keras.py::test_the_documented_command_runs_the_example",
     # with BENCH_ARGS="--quick --out DIR"; each script's JSON is checked there
     "make bench": "tests/test_bench_smoke.py::test_make_bench_runs_every_script",
+    # with an empty HOME: the paper's data is missing, the plan says so
+    "mlflow run . --env-manager local -e grid -P config=paper -P dry_run=true":
+        "tests/test_grid_data.py::test_the_documented_dry_run_prints_the_plan",
 }
 #: command -> why it cannot run here (and what covers the rest)
 NOT_HERE: Dict[str, str] = {
@@ -105,6 +108,14 @@ NOT_HERE: Dict[str, str] = {
         "needs the gap_study grid above; tests/test_compare_intervals.py runs compare with "
         "--experiment-name's experiment and checks its intervals, and the RUN table runs the "
         "same line on the demo grid",
+    "python -m cna_tf.data.fetch --config paper":
+        "downloads about 600 MB from the datasets' origins (no internet here); "
+        "tests/test_fetch.py fetches every format from a server on 127.0.0.1 through "
+        "CNA_TF_DATA_MIRROR and loads it, and tries each way a download can fail",
+    "mlflow run . --env-manager local -e grid -P config=paper -P backend=ray "
+    "-P ray_gpus_per_cell=1 -P workers=4":
+        "needs GPUs and the paper's datasets (about 115 GPU-hours); tests/test_ray.py runs the "
+        "grid on a local Ray runtime, tests/test_grid_data.py its data check",
     "kubectl -n cna-tf exec -it <head pod> -- bash": "needs a Kubernetes cluster",
     "cd /app": "a folder inside the Ray head's container",
     "mlflow run . --env-manager local -e grid -P config=paper -P backend=ray "

