@@ -460,7 +460,7 @@ class CNACallback(keras.callbacks.Callback):
         for w in caught:
             if not issubclass(w.category, CNAWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        tags = nan_reasons(m, messages)
+        tags = nan_reasons(m, messages, epoch)
         if tags:
             new = [msg for msg in messages if msg not in self._reasons]
             self._reasons.extend(new)

@@ -141,12 +141,17 @@ class Tracker:
                 time.sleep(0.2 * 2 ** i)
 
 
-def nan_reasons(metrics: Mapping[str, float], messages: Iterable[str]) -> Dict[str, str]:
-    """Tags explaining NaN metrics: ``cna_nan.<metric>`` -> the warnings seen while computing."""
+def nan_reasons(metrics: Mapping[str, float], messages: Iterable[str],
+                epoch: Optional[int] = None) -> Dict[str, str]:
+    """Tags explaining NaN metrics: ``cna_nan.<metric>`` -> the warnings seen while computing,
+    after ``at epoch N:`` when ``epoch`` is given (a run's tag outlives the snapshot it
+    describes: a metric NaN at initialization is often finite at the end)."""
     nan = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
     if not nan:
         return {}
     reason = "; ".join(dict.fromkeys(messages)) or "undefined for this data"
+    if epoch is not None:
+        reason = f"at epoch {epoch}: {reason}"
     return {f"cna_nan.{k}": reason for k in nan}
 
 

@@ -69,7 +69,10 @@ def test_fit_logs_every_epoch_to_logs_and_mlflow(digits, store):
             undefined = key in ("l2", "spectral", "l2_path", "bound_2018") and margins[m.step] <= 0
             assert math.isnan(m.value) if undefined else math.isfinite(m.value), (key, m.step)
     if any(v <= 0 for v in margins.values()):
-        assert "margin" in store.get_run(run.info.run_id).data.tags["cna_nan.l2"]
+        tag = store.get_run(run.info.run_id).data.tags["cna_nan.l2"]
+        # the tag names the snapshot it explains (the last one with a NaN l2)
+        last_nan = max(step for step, v in margins.items() if v <= 0)
+        assert tag.startswith(f"at epoch {last_nan}: ") and "margin" in tag
     # the logged values are the ones written into logs
     last = {m.step: m.value for m in store.get_metric_history(run.info.run_id, "cna_test")}
     assert last[3] == pytest.approx(seen[-1]["cna_test"])
