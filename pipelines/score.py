@@ -257,9 +257,10 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         overhead_s = sum(r["overhead_seconds"] for r in ran)
         total = (f"{counts['scored']} scored, {counts['skipped']} skipped (already scored), "
                  f"{counts['failed']} failed, {counts['no model']} without a saved model, "
-                 f"of {len(rows)} train runs in {time.perf_counter() - t_start:.1f} s (measure "
-                 f"{measure_s:.1f} s; loading, rebuilding the data and logging "
-                 f"{overhead_s / max(len(ran), 1):.2f} s per network)")
+                 f"of {len(rows)} train runs in {time.perf_counter() - t_start:.1f} s")
+        if ran:
+            total += (f" (measure {measure_s:.1f} s; loading, rebuilding the data and logging "
+                      f"{overhead_s / len(ran):.2f} s per network)")
         tail = [total]
         if counts["scored"] or counts["skipped"]:
             tail.append(f"compare ranks {name} beside the built-in measures: mlflow run . "
