@@ -16,7 +16,8 @@ into a throwaway store, in this process (`pipelines/train.py`), then:
 
 Target: under 1 s of overhead per demo network on the 2-core CPU.
 
-Run: .venv/bin/python bench/bench_score.py [--rounds 3] [--quick] [--out DIR]
+Run: .venv/bin/python bench/bench_score.py [--rounds 3] [--quick] [--out DIR]   (--quick: one
+MLP, one forced run)
 """
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="forced score runs timed")
     add_common_args(ap)
     args = ap.parse_args()
-    cells = DEMO_NETWORKS[:1] * 2 if args.quick else DEMO_NETWORKS
+    cells = DEMO_NETWORKS[:1] if args.quick else DEMO_NETWORKS
     rounds = 1 if args.quick else args.rounds
     load_before = load()
     with tempfile.TemporaryDirectory(prefix="cna_bench_score_") as tmp:
@@ -132,7 +133,8 @@ def main() -> None:
         split = [parts(client, r, tmp) for r in sorted(runs, key=lambda r: r.info.run_name)]
     per_net = median([median(s) for s in steps])
     predict = median([s["predict_s"] for s in split])
-    print(table([[s["run"], s["n_train"], s["params"], s["load_s"], s["data_s"], s["log_s"],
+    print(table([[f"{s['arch']}/{s['dataset']}", s["n_train"], s["params"], s["load_s"],
+                  s["data_s"], s["log_s"],
                   s["predict_s"]] for s in split],
                 ["network", "n_train", "params", "load s", "data s", "log s", "predict s"]))
     per_net_cpu = median(cpu)
