@@ -318,3 +318,27 @@ def test_compare_ranks_the_scored_measure_in_every_table(store, capsys):
     table = Path(client.download_artifacts(own.info.run_id, "compare/networks.csv",
                                            str(d))).read_text()
     assert "ranked_measure" in table.splitlines()[0]
+
+
+def test_the_example_measure_is_the_mean_per_point_gradient_norm(monkeypatch):
+    """examples/pgdl_measure.py: the batch trick (one gradient of the summed true-class
+    probabilities) gives each point's own gradient norm, as one gradient per point does."""
+    import tensorflow as tf
+
+    import cna_tf
+
+    monkeypatch.chdir(ROOT)
+    measure = scoring.resolve("examples/pgdl_measure.py:input_grad_norm")
+    ds = cna_tf.data.load("digits", n_train=40, n_test=20)
+    model = cna_tf.models.build("mlp", ds.input_shape, ds.num_classes, width=0.05, depth=2)
+    value = measure(model, scoring.training_dataset(ds, 16))
+    x, y = ds.preprocess(ds.x_train), ds.y_train
+    norms = []
+    for i in range(len(x)):
+        xi = tf.convert_to_tensor(x[i:i + 1])
+        with tf.GradientTape() as tape:
+            tape.watch(xi)
+            p = model(xi, training=False)[0, int(y[i])]
+        norms.append(float(tf.norm(tape.gradient(p, xi))))
+    assert value == pytest.approx(float(np.mean(norms)), rel=1e-5)
+    assert value > 0
