@@ -141,6 +141,7 @@ def score_run(client, run, measure: scoring.Measure, name: str, data: DataCache,
         p = run_cell_params(run)
         dataset = scoring.training_dataset(data.get(p), p["batch_size"])
         phase = "the measure"
+        keras.utils.set_random_seed(p["seed"])  # a measure that draws noise repeats its value
         t1 = time.perf_counter()
         try:
             value = measure(model, dataset)

@@ -215,6 +215,11 @@ def test_rerun_skips_and_force_rescores(store, capsys):
     for run in _runs(client, exp):
         history = client.get_metric_history(run.info.run_id, "again")
         assert [h.value for h in history] == [300, 300]
+    # a measure that draws random numbers repeats its value: the run's seed is set first
+    first = {r["run_id"]: r["value"] for r in _score("--measure", f"{MEASURES}:noise")}
+    again = {r["run_id"]: r["value"] for r in _score("--measure", f"{MEASURES}:noise",
+                                                      "--force", "true")}
+    assert first == again and len(set(first.values())) == 2  # seeds 0 and 1
     # another function under the same name is not "the same spec": scored again
     rows = _score("--measure", f"{MEASURES}:label_sum", "--name", "again")
     assert [r["status"] for r in rows] == ["scored"] * N
