@@ -149,7 +149,8 @@ def score_run(client, run, measure: scoring.Measure, name: str, data: DataCache,
             row["measure_seconds"] = time.perf_counter() - t1
         phase = "logging"
         tags = [RunTag(scoring.SCORED_TAG + name, scoring.scored_tag(measure, run=score_run_id))]
-        # one batch: the value and the tag that says it is done land together or not at all
+        # one request (one transaction on a SQL store): the value and the tag that says it is
+        # done land together or not at all
         client.log_batch(rid, metrics=[Metric(name, value, int(time.time() * 1000),
                                               final_step(client, run))], tags=tags)
         if scoring.ERROR_TAG + name in run.data.tags:
@@ -182,6 +183,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     import mlflow
 
     args = parse_args(argv)
+    if not args.measure.strip():
+        sys.exit(f"score: no measure given: -P measure=SPEC, SPEC = {scoring.SPEC_FORM} (e.g. "
+                 "examples/pgdl_measure.py:input_grad_norm)")
     try:  # before anything is read or loaded
         measure = scoring.resolve(args.measure)
     except scoring.MeasureSpecError as e:

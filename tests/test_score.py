@@ -56,6 +56,8 @@ def test_the_step_fails_on_a_bad_spec_before_reading_the_store(tmp_path, monkeyp
         score.main(["--measure", "tests/nowhere.py:f", "--experiment", "absent"])
     assert "measure file 'tests/nowhere.py' not found" in str(e.value.code)
     assert not (tmp_path / "none.db").exists()
+    with pytest.raises(SystemExit, match="no measure given: -P measure=SPEC"):
+        score.main([])
 
 
 def test_resolve_fingerprints_the_functions_file(monkeypatch):
