@@ -7,7 +7,8 @@ Pearson, Kendall and granulated Kendall, for All Nets, per architecture and per 
 beside them, PGDL's conditional mutual information with each gap (SPEC §8) on the final snapshots
 (one network per run) wherever they form a complete grid over the hyperparameters the scope
 varies (a note says why where they do not). Ranks the paper's measures, SPEC §8's ``dist_init``
-and ``sum_of_fro``, and the flatness measures when the runs computed them.
+and ``sum_of_fro``, the flatness measures when the runs computed them, and every user's measure
+the `score` step logged on the runs (tag ``cna_tf.score.<metric>``; at the final snapshot only).
 
 Every score of a gap comes with a seed-bootstrap interval (SPEC §9) over the final snapshots:
 the CSV has ``<stat>_low`` / ``<stat>_high`` columns, and for All Nets a table ranks every measure
@@ -45,6 +46,7 @@ from cells import ALL_PARAMS, AXES  # noqa: E402
 from params import declared, log_launch, log_resolved, parse_bool, read_params  # noqa: E402
 
 from cna_tf.ranking import ALL_NETS  # noqa: E402
+from cna_tf.scoring import scored_measures  # noqa: E402
 from cna_tf.tracking import TAG_PREFIX as TAG  # noqa: E402
 from cna_tf.tracking import metric_steps  # noqa: E402
 
@@ -85,7 +87,8 @@ def run_params(run) -> Dict[str, Any]:
 def instances_of_run(client, run) -> List[Dict[str, Any]]:
     """The network instances of one finished train run: one per full snapshot epoch."""
     # the last value logged at a step wins (a resumed epoch may have been logged twice)
-    history = metric_steps(run.info.run_id, [k for k in READ if k in run.data.metrics], client,
+    keys = READ + scored_measures([run])  # with the user's measures that `score` logged
+    history = metric_steps(run.info.run_id, [k for k in keys if k in run.data.metrics], client,
                            duplicates="last")
     steps = sorted(history.get("gen_gap", {}))
     if run.data.tags.get(TAG + "final_only") == "true" and steps:
@@ -195,11 +198,14 @@ def to_csv(rows: List[Dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def compare(instances: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def compare(instances: List[Dict[str, Any]], scored: Sequence[str] = ()
+            ) -> List[Dict[str, Any]]:
+    """The correlation rows of every measure; ``scored``: users' measures (`score`) to rank
+    beside the built-in ones."""
     from cna_tf.ranking import correlate
 
     metrics = list(METRICS) + [m for m in FLATNESS
-                               if any(_finite(i.get(m)) for i in instances)]
+                               if any(_finite(i.get(m)) for i in instances)] + list(scored)
     rows = correlate(instances, metrics, TARGETS, INSTANCE_AXES, group_by=("arch", "dataset"),
                      extra_targets=EXTRA_TARGETS)
     add_cmi(rows, instances)
@@ -407,7 +413,8 @@ def interval_markdown(result, target: str, scope: str = "All Nets",
 NETWORK_COLUMNS = ("run_id", "cell_key") + AXES + ("epochs_trained",)
 
 
-def networks_table(instances: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def networks_table(instances: List[Dict[str, Any]], scored: Sequence[str] = ()
+                   ) -> List[Dict[str, Any]]:
     """One row per network (its run's final snapshot): every hyperparameter, the seed, epochs
     trained, every measure, the gaps and accuracies: enough to redo the analysis without
     MLflow (``compare/networks.csv``)."""
@@ -415,7 +422,7 @@ def networks_table(instances: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for i in sorted(final_snapshots(instances), key=_network_order):
         row = {c: i.get(c) for c in NETWORK_COLUMNS if c != "epochs_trained"}
         row["epochs_trained"] = i.get("epoch")
-        row.update({k: i.get(k, math.nan) for k in READ})
+        row.update({k: i.get(k, math.nan) for k in READ + tuple(scored)})
         out.append(row)
     return out
 
@@ -493,7 +500,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     if len(instances) < 3:
         sys.exit(f"only {len(instances)} network instances found (finished train runs with "
                  "snapshots): nothing to correlate")
-    rows = compare(instances)
+    scored = scored_measures(runs)
+    rows = compare(instances, scored)
     boot = add_intervals(rows, instances, replicates=args.replicates, level=args.level)
     interval_tables = [interval_markdown(boot[(ALL_NETS, t)], t) for t in TARGETS
                        if (ALL_NETS, t) in boot]
@@ -518,7 +526,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         mlflow.log_text(to_csv(rows), "compare/correlations.csv")
         mlflow.log_text(tables + "\n", "compare/correlations.md")
         mlflow.log_text(to_csv(instances), "compare/instances.csv")
-        mlflow.log_text(to_csv(networks_table(instances)), "compare/networks.csv")
+        mlflow.log_text(to_csv(networks_table(instances, scored)), "compare/networks.csv")
         from cna_tf import plots
         for name, fig in _figures(rows):
             mlflow.log_figure(fig, f"compare/{name}")

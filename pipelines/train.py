@@ -239,6 +239,25 @@ def log_figures(cb, model, p: Dict[str, Any]) -> List[str]:
     return logged
 
 
+def load_data(p: Dict[str, Any]):
+    """The cell's data exactly as `train` trains on it (`cna_tf.data.load` with its subset,
+    seed, shuffled labels and options); `score` rebuilds a run's training set with it.
+
+    Args:
+        p: the cell's normalized parameters (`cells.normalize`).
+    """
+    import cna_tf
+
+    options = json.loads(p["data_options"]) if p["data_options"] else {}
+    n_train, n_test = p["n_train"] or None, p["n_test"] or None
+    if p["dataset"] == "gaussian":  # generate exactly the asked sizes instead of subsampling
+        options.setdefault("train_size", n_train or 50_000)
+        options.setdefault("test_size", n_test or 10_000)
+        n_train = n_test = None
+    return cna_tf.data.load(p["dataset"], n_train=n_train, n_test=n_test,
+                            label_shuffle=p["label_shuffle"], seed=p["seed"], **options)
+
+
 def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
           extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> Dict[str, float]:
     """Trains one cell inside the active (or a new) MLflow run; returns the final metrics.
@@ -264,14 +283,7 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
               flush=True)
 
     keras.utils.set_random_seed(p["seed"])
-    options = json.loads(p["data_options"]) if p["data_options"] else {}
-    n_train, n_test = p["n_train"] or None, p["n_test"] or None
-    if p["dataset"] == "gaussian":  # generate exactly the asked sizes instead of subsampling
-        options.setdefault("train_size", n_train or 50_000)
-        options.setdefault("test_size", n_test or 10_000)
-        n_train = n_test = None
-    ds = cna_tf.data.load(p["dataset"], n_train=n_train, n_test=n_test,
-                          label_shuffle=p["label_shuffle"], seed=p["seed"], **options)
+    ds = load_data(p)
     augment = {"auto": ds.augment and p["arch"] != "mlp", "true": True, "false": False}[
         p["augment"]]
     kw = {"depth": p["depth"]} if p["arch"] == "mlp" else {}

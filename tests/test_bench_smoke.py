@@ -169,3 +169,15 @@ def test_bench_flatness(bench_run):
         assert 0 < r["value"] <= 2 and r["flatness"] == pytest.approx(1 / r["value"] ** 2)
         if key.endswith("sharpness_mag_flatness"):
             assert r["gradient_steps"] > 0
+
+
+def test_bench_score(bench_run):
+    d = run_bench("bench_score.py", bench_run)
+    assert d["networks"] == 1 and d["rounds"] == 1  # --quick: one MLP, one forced run
+    assert len(d["overhead_rounds_s"]) == 1 and len(d["overhead_rounds_s"][0]) == 1
+    assert positive(d["overhead_per_network_s"], d["cpu_per_network_s"],
+                    d["predict_per_network_s"], d["ratio_overhead_predict"])
+    (part,) = d["parts"]
+    assert part["arch"] == "mlp" and part["dataset"] == "digits"
+    assert positive(part["load_s"], part["data_s"], part["log_s"], part["predict_s"])
+    assert d["target_s"] == 1.0

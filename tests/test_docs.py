@@ -52,6 +52,8 @@ RUN: Dict[str, str] = {
     "mlflow run . --env-manager local -e train -P arch=resnet18 -P dataset=mnist -P width=0.25":
         "-P epochs=1 -P n_train=256 -P n_test=128 -P max_samples=128 -P batch_size=64",
     "mlflow run . --env-manager local -e reproduce -P quick=true": "-P seeds=1 -P datasets=digits",
+    "mlflow run . --env-manager local -e score --experiment-name cna_tf-demo "
+    "-P measure=examples/pgdl_measure.py:input_grad_norm": "",
     "mlflow run . --env-manager local": "-P max_cells=2",
     "mlflow run . --env-manager local -e grid -P config=demo -P backend=ray": "-P max_cells=2",
     "python -m cna_tf.tracking url --experiment cna_tf-demo": "",
@@ -289,6 +291,31 @@ def test_compare_lines_rank_the_grid(store, demo_grid, command):
     assert run.data.params["resolved.grid_run_id"] == ("all" if all_runs else grid.info.run_id)
     assert run.data.params["grid_run_id"] == "''"  # as mlflow run logged it, never changed
     assert run.info.run_name == ("compare" if all_runs else "compare-demo")
+
+
+SCORE = ("mlflow run . --env-manager local -e score --experiment-name cna_tf-demo "
+         "-P measure=examples/pgdl_measure.py:input_grad_norm")
+
+
+@pytest.mark.slow
+def test_score_line_then_compare_ranks_the_example_measure(store, demo_grid):
+    """README "Score your own measure": the demo's saved networks scored, then ranked."""
+    d, env = store
+    proc = run_documented(SCORE, env)
+    assert "2 scored, 0 skipped (already scored), 0 failed, 0 without a saved model" in proc.stdout
+    client = _client(env)
+    exp = client.get_experiment_by_name("cna_tf-demo")
+    kids = client.search_runs([exp.experiment_id], "tags.`cna_tf.role` = 'train'")
+    assert kids and all("input_grad_norm" in r.data.metrics for r in kids)
+    assert all('"spec": "examples/pgdl_measure.py:input_grad_norm"'
+               in r.data.tags["cna_tf.score.input_grad_norm"] for r in kids)
+    again = run_documented(SCORE, env)  # the same line again: nothing to do
+    assert "0 scored, 2 skipped (already scored)" in again.stdout
+    ranked = run_documented(
+        "mlflow run . --env-manager local -e compare --experiment-name cna_tf-demo", env)
+    points, intervals = ranked.stdout.split("Seed-bootstrap intervals", 1)
+    assert "| input_grad_norm | " in points
+    assert "| input_grad_norm | " in intervals
 
 
 @pytest.mark.slow
