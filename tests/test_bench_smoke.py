@@ -169,3 +169,11 @@ def test_bench_flatness(bench_run):
         assert 0 < r["value"] <= 2 and r["flatness"] == pytest.approx(1 / r["value"] ** 2)
         if key.endswith("sharpness_mag_flatness"):
             assert r["gradient_steps"] > 0
+
+
+def test_bench_ranking(bench_run):
+    d = run_bench("bench_ranking.py", bench_run)
+    assert (d["networks"], d["measures"]) == (96, 15) and d["environments"] > 0
+    assert {"sign_errors", "sign_errors_no_filter", "bootstrap"} == set(d["results"])
+    assert positive(d["sign_errors_s"], d["ratio_to_bootstrap"],
+                    *(r["seconds"] for r in d["results"].values()))
