@@ -492,7 +492,8 @@ def sign_error_markdown(result, target: str) -> str:
     for rank, (metric, by_axis) in enumerate(sorted(result.items(), key=key), 1):
         cells = [f"{_fmt_rate(by_axis[c]['mean'])} / {_fmt_rate(by_axis[c]['max'])} "
                  f"({by_axis[c]['n']})" if by_axis[c]["n"] else "– (0)" for c in columns]
-        lines.append(f"| {rank} | {metric} | " + " | ".join(cells) + " |")
+        shown = rank if by_axis["all"]["n"] else "–"   # nothing kept: no rank
+        lines.append(f"| {shown} | {metric} | " + " | ".join(cells) + " |")
     notes = list(result.notes) + ([result.n_test_note] if getattr(result, "n_test_note", "")
                                   else [])
     if notes:
