@@ -157,7 +157,8 @@ def convergence(instances: List[Dict[str, Any]], converged_only: bool = False,
         line += f"; {free} trained without stop_loss (no criterion: counted as converged)"
     if older:
         line += (f"; {older} older run(s) carry no converged flag: read from their "
-                 "cna_tf.stopped_at_epoch tag (logged when stop_loss stopped training)")
+                 "cna_tf.stopped_at_epoch tag (logged when stop_loss stopped training), else "
+                 "their last training loss")
     if converged_only:
         line += (f". converged_only=true: they are left out, {len(nets) - failed} networks "
                  "remain." if failed else ". converged_only=true: none to leave out.")
@@ -477,8 +478,9 @@ def sign_error_markdown(result, target: str) -> str:
              "measure always orders the two networks as their gap, 1 = always the wrong way; "
              f"n = environments kept, ESS >= {result.min_ess:g})", ""]
     if result.noise_filter:
-        lines += [f"Pairs weighed by Hoeffding's noise filter on {sizes or '?'} test points "
-                  "(pairs whose gaps may differ by chance weigh 0).", ""]
+        where = f"{sizes} test points" if sizes else "each network's test set"
+        lines += [f"Pairs weighed by Hoeffding's noise filter on {where} (pairs whose gaps may "
+                  "differ by chance weigh 0).", ""]
     else:
         lines += [f"No noise filter: `{target}` is not a difference of error rates, so "
                   "Hoeffding's bound does not hold; every pair weighs 1.", ""]

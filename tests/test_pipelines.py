@@ -333,7 +333,10 @@ def test_compare_ranks_metrics_over_the_grid(tiny_grid):
     assert names == {"compare/correlations.csv", "compare/correlations.md",
                      "compare/instances.csv", "compare/networks.csv",
                      "compare/correlation_gen_gap.png",
-                     "compare/correlation_loss_gap.png", "compare/cna_vs_test_acc.png"}
+                     "compare/correlation_loss_gap.png", "compare/cna_vs_test_acc.png",
+                     # SPEC §10's robust sign-error (issue 30)
+                     "compare/environments.csv", "compare/sign_error_gen_gap.png",
+                     "compare/sign_error_loss_gap.png"}
     local = client.download_artifacts(run.info.run_id, "compare/correlations.csv", str(d))
     import csv
     rows = list(csv.DictReader(open(local)))

@@ -156,7 +156,7 @@ def sign_errors(measures: Mapping[Any, Sequence[float]], gap: Sequence[float],
     Raises:
         ValueError: no measures, lengths that differ, a ``replicate_axis`` other than
             ``"seed"`` that is not in ``hparams``, ``n_test`` not positive (or of the wrong
-            length), or ``min_ess`` negative or not a number.
+            length), ``min_ess`` negative or not a number, or ``noise_filter`` not a bool.
 
     Example:
         >>> s = sign_errors({"cna_margin": cm, "l2": l2}, gap,
