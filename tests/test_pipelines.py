@@ -324,6 +324,10 @@ def test_compare_ranks_metrics_over_the_grid(tiny_grid):
     # 3 runs x 3 snapshots + the shuffled run's final snapshot
     assert "4 runs, 10 network instances" in proc.stdout
     assert "| cna_margin |" in proc.stdout and "All Nets" in proc.stdout
+    # trained networks: the sign-error tables (SPEC §10) and the convergence line (no stop_loss)
+    for target in ("gen_gap", "loss_gap"):
+        assert f"Robust sign-error with `{target}` in All Nets" in proc.stdout
+    assert "Convergence: no run set stop_loss (4 networks" in proc.stdout
     import mlflow
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
