@@ -20,7 +20,8 @@ def _grid(seeds=(0, 1, 2), **axes):
 
 
 def _w(d, n=100):
-    """SPEC §10's weight, written out: v = max(0, 1 - 2 exp(-2 n (d/2)^2))^2, w = max(v - 1/2, 0)."""
+    """SPEC §10's weight, written out: v = max(0, 1 - 2 exp(-2 n (d/2)^2))^2,
+    w = max(v - 1/2, 0)."""
     v = max(0.0, 1.0 - 2.0 * math.exp(-2.0 * n * (d / 2.0) ** 2)) ** 2
     return max(v - 0.5, 0.0)
 
@@ -199,7 +200,7 @@ def test_nan_measures_drop_only_their_own_pairs():
     assert filt["holes"]["a"]["n"] == 0 and filt["c"]["a"]["n"] == 1
 
 
-# -- against a loop over environments on random grids -----------------------------------------------
+# -- against a loop over environments on random grids ----------------------------------------
 
 def _reference(measures, gap, hp, n_test, noise_filter, min_ess, replicate="seed"):
     axes = [a for a in hp if a != replicate and len(set(hp[a])) > 1]
@@ -275,7 +276,7 @@ def test_nothing_varies_but_the_seed():
     assert "no hyperparameter" in res.notes[0]
 
 
-# -- bad input ----------------------------------------------------------------------------------------
+# -- bad input --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(measures={}), "measures is empty"),

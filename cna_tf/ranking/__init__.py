@@ -7,7 +7,8 @@ MLflow; the `compare` pipeline reads the instances from runs. One public surface
 * ``correlations``: :func:`pearson`, :func:`kendall`, :func:`granulated_kendall`,
   :func:`correlate` (SPEC §3);
 * ``cmi``: PGDL's :func:`conditional_mutual_information` and :func:`grid_codes` (SPEC §8);
-* ``seed_bootstrap``: the seed :func:`bootstrap` of every score, :func:`replicate_indices` (SPEC §9);
+* ``seed_bootstrap``: the seed :func:`bootstrap` of every score, :func:`replicate_indices`
+  (SPEC §9);
 * ``sign_error``: Dziugaite et al.'s robust :func:`sign_errors` per intervention (SPEC §10).
 
 Example:
