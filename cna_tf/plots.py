@@ -15,6 +15,9 @@ are those of Gain & Siegelmann, ICML 2020:
 * Fig. 7 `cna_vs_accuracy`: CNA against test accuracy with a quadratic fit and Pearson r.
 * Fig. 8/9 `correlation_bars`: correlation of each measure with the gap, per group.
 
+And, after Dziugaite et al. (NeurIPS 2020, "In Search of Robust Measures of Generalization"),
+`sign_error_losses`: each measure's environment losses per intervention (SPEC §10).
+
 Every function takes numpy arrays (or lists) and returns a ``matplotlib.figure.Figure``; close it
 with `close` after saving.
 """
@@ -37,7 +40,7 @@ from cna_tf.measures import beta as compute_beta, curves  # noqa: E402
 __all__ = [
     "alpha_beta_curves", "depth_profile", "loss_and_cna", "loss_and_cna_from_run",
     "trajectory_landscape", "error_by_alpha_quintile", "cna_vs_accuracy", "correlation_bars",
-    "METRIC_LABELS", "close",
+    "sign_error_losses", "METRIC_LABELS", "close",
 ]
 
 #: Display names of the measures in `correlation_bars` (others are shown as they are).
@@ -519,5 +522,70 @@ def correlation_bars(table: TableLike, value: str = "pearson",
     ax.set_ylabel(ylabel or f"{value} correlation with the gap")
     ax.legend(fontsize=8, ncol=min(n_g, 5))
     ax.set_title(title or "Correlation with the generalization gap (Fig. 8/9)")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Robust sign-error (Dziugaite et al. 2020, SPEC §10)
+
+def sign_error_losses(environments: Sequence[Mapping[str, Any]], measures: Sequence[str],
+                      axes: Sequence[str], title: Optional[str] = None) -> Figure:
+    """Each measure's environment losses per intervention, as in Dziugaite et al.'s figures.
+
+    One panel per axis and one for all axes together; in each, a row per measure with a dot
+    per kept environment (its loss, jittered vertically), and the mean (diamond), the 90th
+    percentile (triangle) and the maximum (cross, the robust sign-error) marked. 0 = the
+    measure always orders the environment's networks as their gap, 1 = always the wrong way.
+
+    Args:
+        environments: ``cna_tf.ranking.sign_errors(...).environments``: dicts with ``axis``
+            and ``losses`` (measure -> loss, NaN where not kept).
+        measures: the measures to draw, top to bottom.
+        axes: the axes' panels, left to right (an ``"all"`` panel follows).
+        title: figure title.
+
+    Returns:
+        A Figure with ``len(axes) + 1`` axes sharing the measure rows.
+    """
+    if not measures:
+        raise ValueError("nothing to draw: no measures")
+    panels = list(axes) + ["all"]
+    rows = len(measures)
+    fig, grid = plt.subplots(1, len(panels), sharey=True, squeeze=False,
+                             figsize=(2.4 * len(panels) + 1.6, 0.32 * rows + 1.4))
+    rng = np.random.default_rng(0)
+    for ax, panel in zip(grid[0], panels):
+        envs = [e for e in environments if panel == "all" or e["axis"] == panel]
+        for k, m in enumerate(measures):
+            y = rows - 1 - k
+            losses = np.array([e["losses"].get(m, math.nan) for e in envs], dtype=np.float64)
+            losses = losses[np.isfinite(losses)]
+            if not losses.size:
+                ax.text(0.5, y, "none kept", ha="center", va="center", fontsize=6,
+                        color="0.5")
+                continue
+            ax.scatter(losses, y + rng.uniform(-0.22, 0.22, losses.size), s=7, color="0.6",
+                       alpha=0.7, linewidths=0)
+            first = not ax.get_legend_handles_labels()[0]
+            ax.scatter([losses.mean()], [y], marker="D", s=22, color="tab:blue",
+                       label="mean" if first else None, zorder=3)
+            ax.scatter([np.percentile(losses, 90)], [y], marker="^", s=26, color="tab:orange",
+                       label="p90" if first else None, zorder=3)
+            ax.scatter([losses.max()], [y], marker="x", s=30, color="tab:red",
+                       label="max" if first else None, zorder=4)
+        ax.set_xlim(-0.05, 1.05)
+        ax.axvline(0.5, color="0.8", lw=0.6, zorder=0)
+        ax.set_title(f"{panel} ({len(envs)})", fontsize=9)
+        ax.set_xlabel("sign-error", fontsize=8)
+        ax.tick_params(labelsize=7)
+    grid[0][0].set_yticks(range(rows))
+    grid[0][0].set_yticklabels([METRIC_LABELS.get(m, m) for m in reversed(measures)])
+    grid[0][0].set_ylim(-0.6, rows - 0.4)
+    handles, labels = grid[0][-1].get_legend_handles_labels()
+    if handles:
+        grid[0][-1].legend(handles, labels, fontsize=7, loc="lower right")
+    fig.suptitle(title or "Environment losses per intervention (Dziugaite et al. 2020)",
+                 fontsize=10)
     fig.tight_layout()
     return fig

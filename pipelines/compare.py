@@ -16,6 +16,14 @@ with ``+0.36 [+0.12, +0.55]``-style intervals and puts CNA-M against every other
 share of the same replicates in which it scores higher). Runs with no seed replicates are
 resampled as a pool, and the table says so in one line.
 
+Under the bootstrap tables, one table per gap gives Dziugaite et al.'s robust sign-error (SPEC
+§10) over the final snapshots: per intervention (a hyperparameter that varies) and over all, the
+mean and the worst environment loss of every measure (``compare/environments.csv``: every kept
+environment; ``sign_error_<gap>.png``: the losses per intervention).
+
+Networks of runs that set ``stop_loss`` and did not reach it are counted and said;
+``--converged_only true`` leaves them out (Jiang et al.'s and Dziugaite et al.'s protocol).
+
 Logs a CSV and a Markdown table, the instances, one row per network (``compare/networks.csv``:
 hyperparameters, epochs trained, every measure, the gaps and accuracies), Fig-8/9-style bar
 charts and the Fig-7 scatter of CNA against test accuracy to the compare run, and prints the
@@ -72,6 +80,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--replicates", type=int, default=1000,
                     help="seed-bootstrap replicates of the intervals (SPEC §9)")
     ap.add_argument("--level", type=float, default=0.95, help="the intervals' level")
+    ap.add_argument("--converged_only", type=parse_bool, default=False,
+                    help="true: leave out the networks of runs that set stop_loss and did not "
+                    "reach it (runs without stop_loss are kept)")
     args = ap.parse_args(argv)
     if args.replicates < 1 or not 0 < args.level < 1:
         ap.error(f"replicates must be >= 1 and level in (0, 1), got {args.replicates} and "
@@ -94,7 +105,8 @@ def instances_of_run(client, run) -> List[Dict[str, Any]]:
     if run.data.tags.get(TAG + "final_only") == "true" and steps:
         steps = steps[-1:]
     base = run_params(run)
-    base.update(run_id=run.info.run_id, cell_key=run.data.tags.get(TAG + "cell_key", ""))
+    base.update(run_id=run.info.run_id, cell_key=run.data.tags.get(TAG + "cell_key", ""),
+                converged=run_converged(run), test_size=gap_test_size(run, base))
     out = []
     for step in steps:
         row = dict(base, epoch=step)
@@ -102,6 +114,66 @@ def instances_of_run(client, run) -> List[Dict[str, Any]]:
             row[key] = values.get(step, math.nan)
         out.append(row)
     return out
+
+
+def run_converged(run) -> Optional[bool]:
+    """Whether a train run reached its ``stop_loss``; None when it set none (no criterion).
+
+    The ``cna_tf.converged`` tag train logs; a run from before that tag is read from
+    ``cna_tf.stopped_at_epoch`` (logged, since stop_loss exists, exactly when the rule
+    stopped training), else from its last training cross-entropy against ``stop_loss``.
+    """
+    tags = run.data.tags
+    if TAG + "converged" in tags:
+        return tags[TAG + "converged"] == "true"
+    try:
+        stop_loss = float(run.data.params.get("stop_loss", 0) or 0)
+    except ValueError:
+        stop_loss = 0.0
+    if not stop_loss > 0:
+        return None
+    if TAG + "stopped_at_epoch" in tags:
+        return True
+    loss = run.data.metrics.get("cross_entropy", run.data.metrics.get("loss"))
+    return loss is not None and loss <= stop_loss
+
+
+def gap_test_size(run, params: Dict[str, Any]) -> Optional[int]:
+    """The number of test points the run's gaps were measured on: its test set (tag
+    ``cna_tf.n_test``), or ``full_max_samples`` of it when set; None when not logged."""
+    try:
+        size = int(run.data.tags[TAG + "n_test"])
+    except (KeyError, ValueError):
+        return None
+    cap = params.get("full_max_samples") or 0
+    return min(size, int(cap)) if cap and cap > 0 else size
+
+
+def convergence(instances: List[Dict[str, Any]], converged_only: bool = False,
+                older: int = 0) -> str:
+    """One line: how many networks did not reach ``stop_loss``, how many set none, and
+    whether ``converged_only`` left the others out."""
+    nets = final_snapshots(instances)
+    failed = sum(1 for i in nets if i.get("converged") is False)
+    free = sum(1 for i in nets if i.get("converged") is None)
+    if free == len(nets):
+        return (f"Convergence: no run set stop_loss ({len(nets)} networks trained to their "
+                "epoch budget): none is judged.")
+    line = f"Convergence: {failed} of {len(nets)} networks did not reach stop_loss"
+    if free:
+        line += f"; {free} trained without stop_loss (no criterion: counted as converged)"
+    if older:
+        line += (f"; {older} older run(s) carry no converged flag: read from their "
+                 "cna_tf.stopped_at_epoch tag (logged when stop_loss stopped training), else "
+                 "their last training loss")
+    if converged_only:
+        line += (f". converged_only=true: they are left out, {len(nets) - failed} networks "
+                 "remain." if failed else ". converged_only=true: none to leave out.")
+    elif failed:
+        line += ". They are included (converged_only=false)."
+    else:
+        line += "."
+    return line
 
 
 def find_runs(client, experiment_ids: Sequence[str], grid_run_id: str = ""):
@@ -182,9 +254,13 @@ def description(intro: str, tables: List[str], limit: int = DESCRIPTION_LIMIT) -
     text = intro
     for i, table in enumerate(tables):
         if len(text) + 2 + len(table) > limit - 200:  # 200: room for the note below
-            targets = [t.split("`")[1] for t in tables[i:] if "`" in t]
-            return (f"{text}\n\nThe other {len(tables) - i} table(s) (correlation with "
-                    f"{', '.join(targets)}) are in the artifact compare/correlations.md.\n")
+            rest = tables[i:]
+            targets = [t.split("`")[1] for t in rest if t.startswith("Correlation with `")]
+            named = ([f"correlation with {', '.join(targets)}"] if targets else []) + [
+                t.split(" (")[0].replace("`", "") for t in rest
+                if "`" in t and not t.startswith("Correlation with `")]
+            return (f"{text}\n\nThe other {len(rest)} table(s) ({'; '.join(named)}) are in "
+                    "the artifact compare/correlations.md.\n")
         text += f"\n\n{table}"
     return text + "\n"
 
@@ -298,7 +374,8 @@ def add_intervals(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]],
     per run, as for CMI), the hyperparameters the axes that vary among them, the replicate
     axis ``seed``. Adds to every row of a gap ``boot_n`` (networks), ``boot_mode`` (``seed``
     or ``pool``), ``<stat>_point`` / ``<stat>_low`` / ``<stat>_high`` for Pearson, Kendall,
-    granulated Kendall and CMI (the point of CMI is its mean over the replicates) and
+    granulated Kendall and CMI (in seed mode the points of Ψ and CMI are their means over the
+    replicates, SPEC §9) and
     ``boot_note``. Rows of other targets are left as they are.
 
     Returns:
@@ -354,6 +431,146 @@ def _replicate_axis(hparams: Dict[str, List[Any]], n: int):
                   "hyperparameters have a single network: resampled as a pool, not by seed")
 
 
+#: the noise filter per gap (SPEC §10): Hoeffding's bound holds for a gap of error rates only
+SIGN_ERROR_FILTER = {"gen_gap": True, "loss_gap": False}
+#: test-set size assumed for a run that did not log its own (SPEC §10's default)
+DEFAULT_TEST_SIZE = 10_000
+
+
+def add_sign_errors(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]]
+                    ) -> Dict[str, Any]:
+    """Dziugaite et al.'s robust sign-error (SPEC §10) of every All Nets measure with each gap.
+
+    The networks are the runs' final snapshots, the hyperparameters the axes that vary among
+    them (the seed the replicate axis), ``n_test`` each network's test-set size
+    (`gap_test_size`). ``gen_gap`` is weighed with Hoeffding's noise filter; ``loss_gap``, not a
+    difference of error rates, without (every pair weighs 1).
+
+    Returns:
+        ``target -> cna_tf.ranking.SignErrorResult``, with ``n_test_note`` (how many networks
+        had no logged test-set size; ``""`` when all had) set on it.
+    """
+    from cna_tf.ranking import sign_errors
+
+    finals = sorted(final_snapshots(instances), key=_network_order)
+    nets, hparams = _scope_networks(finals, ALL_NETS)
+    sizes = [i.get("test_size") for i in nets]
+    missing = sum(1 for v in sizes if not v)
+    note = (f"{missing} of {len(nets)} networks logged no test-set size: "
+            f"{DEFAULT_TEST_SIZE:,} assumed" if missing else "")
+    n_test = [int(v) if v else DEFAULT_TEST_SIZE for v in sizes]
+    out: Dict[str, Any] = {}
+    for target in TARGETS:
+        metrics = list(dict.fromkeys(r["metric"] for r in rows
+                                     if r["scope"] == ALL_NETS and r["target"] == target))
+        if len(nets) < 2 or not metrics:
+            continue
+        res = sign_errors({m: [float(i.get(m, math.nan)) for i in nets] for m in metrics},
+                          [float(i.get(target, math.nan)) for i in nets], hparams,
+                          n_test=n_test, noise_filter=SIGN_ERROR_FILTER[target])
+        res.n_test_note, res.n_test = note, sorted(set(n_test))
+        out[target] = res
+    return out
+
+
+def _fmt_rate(v) -> str:
+    return "–" if not _finite(v) else f"{v:.2f}"
+
+
+def sign_error_markdown(result, target: str) -> str:
+    """A row per measure, a column per varied axis and "all": ``mean / max (n)`` of the kept
+    environments' losses; sorted by the mean over all (best first; none kept last)."""
+    columns = list(result.axes) + ["all"]
+    sizes = ", ".join(f"{n:,}" for n in getattr(result, "n_test", []))
+    lines = [f"Robust sign-error with `{target}` in {ALL_NETS} (Dziugaite et al. 2020, SPEC "
+             "§10): per intervention, mean / max (n) of the environment losses (environment: "
+             "two combinations that differ in that axis only, every seed pairing; 0 = the "
+             "measure always orders the two networks as their gap, 1 = always the wrong way; "
+             f"n = environments kept, ESS >= {result.min_ess:g})", ""]
+    if result.noise_filter:
+        where = f"{sizes} test points" if sizes else "each network's test set"
+        lines += [f"Pairs weighed by Hoeffding's noise filter on {where} (pairs whose gaps may "
+                  "differ by chance weigh 0).", ""]
+    else:
+        lines += [f"No noise filter: `{target}` is not a difference of error rates, so "
+                  "Hoeffding's bound does not hold; every pair weighs 1.", ""]
+
+    def key(item):
+        mean = item[1]["all"]["mean"]
+        return (0, mean) if _finite(mean) else (1, 0.0)
+
+    lines += ["| rank | metric | " + " | ".join(columns) + " |",
+              "|---|---|" + "---|" * len(columns)]
+    for rank, (metric, by_axis) in enumerate(sorted(result.items(), key=key), 1):
+        cells = [f"{_fmt_rate(by_axis[c]['mean'])} / {_fmt_rate(by_axis[c]['max'])} "
+                 f"({by_axis[c]['n']})" if by_axis[c]["n"] else "– (0)" for c in columns]
+        shown = rank if by_axis["all"]["n"] else "–"   # nothing kept: no rank
+        lines.append(f"| {shown} | {metric} | " + " | ".join(cells) + " |")
+    notes = list(result.notes) + ([result.n_test_note] if getattr(result, "n_test_note", "")
+                                  else [])
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def environments_table(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One row per kept environment of each gap (``compare/environments.csv``): the gap, the
+    axis, its two values, the fixed hyperparameters, pairs, ESS and every measure's loss."""
+    out = []
+    for target, res in results.items():
+        for e in res.environments:
+            row = {"target": target, "axis": e["axis"], "a": e["a"], "b": e["b"],
+                   "fixed": ", ".join(f"{k}={v}" for k, v in e["fixed"].items()),
+                   "pairs": e["pairs"], "ess": e["ess"]}
+            row.update(e["losses"])
+            out.append(row)
+    return out
+
+
+def sign_error_figure(result, target: str):
+    """The environment losses of each measure per intervention (`plots.sign_error_losses`),
+    measures ordered as in the table."""
+    from cna_tf import plots
+
+    order = sorted(result, key=lambda m: (0, result[m]["all"]["mean"])
+                   if _finite(result[m]["all"]["mean"]) else (1, 0.0))
+    return plots.sign_error_losses(result.environments, order, result.axes,
+                                   title=f"Robust sign-error with {target} per intervention "
+                                         "(Dziugaite et al. 2020)")
+
+
+def incomplete_after_filter(all_instances: List[Dict[str, Any]],
+                            kept: List[Dict[str, Any]]) -> str:
+    """One line when ``converged_only`` turned a complete grid (every combination of the
+    varied hyperparameters, seed included, once) into an incomplete one; else ``""``."""
+    from cna_tf.ranking import grid_codes
+
+    before = final_snapshots(all_instances)
+    after = final_snapshots(kept)
+    if len(after) == len(before):
+        return ""
+    nets, hparams = _scope_networks(before, ALL_NETS)
+    try:
+        grid_codes(hparams, len(nets))
+    except ValueError:
+        return ""   # not complete before either
+    others = [a for a in hparams if a != "seed"]
+
+    def combos(instances):
+        counts: Dict[tuple, int] = {}
+        for i in instances:
+            k = tuple(repr(i.get(a)) for a in others)
+            counts[k] = counts.get(k, 0) + 1
+        return counts
+
+    full, left = combos(before), combos(after)
+    lost = sum(1 for k in full if k not in left)
+    fewer = sum(1 for k in full if 0 < left.get(k, 0) < full[k])
+    return (f"converged_only left out {len(before) - len(after)} networks that did not reach "
+            f"stop_loss: the {len(after)} left are no longer a complete grid ({lost} of "
+            f"{len(full)} combinations of {others} lost every seed, {fewer} some)")
+
+
 def _network_order(instance: Dict[str, Any]) -> tuple:
     """Networks sorted by their hyperparameters (in `AXES` order), then run id."""
     return tuple(repr(instance.get(a)) for a in AXES) + (str(instance.get("run_id")),)
@@ -380,7 +597,10 @@ def interval_markdown(result, target: str, scope: str = "All Nets",
     pct = f"{result.level * 100:g} %"
     lines = [f"Seed-bootstrap intervals of the correlation with `{target}` in {scope} "
              f"({result.size} networks per replicate, {result.replicates} replicates, {pct} "
-             "percentile intervals, SPEC §9; CMI's point is its mean over the replicates)", ""]
+             "percentile intervals, SPEC §9; "
+             + ("Ψ's and CMI's points are their means over the replicates)"
+                if result.mode == "seed" else "CMI's point is its mean over the replicates)"),
+             ""]
     if result.mode == "pool":
         lines += ["No seed axis: not every combination of the other hyperparameters was trained "
                   "with two or more seeds, so the networks are resampled as a pool and CMI has "
@@ -410,14 +630,15 @@ def interval_markdown(result, target: str, scope: str = "All Nets",
 
 
 #: columns of the per-network table before the measures
-NETWORK_COLUMNS = ("run_id", "cell_key") + AXES + ("epochs_trained",)
+NETWORK_COLUMNS = ("run_id", "cell_key") + AXES + ("epochs_trained", "converged", "test_size")
 
 
 def networks_table(instances: List[Dict[str, Any]], scored: Sequence[str] = ()
                    ) -> List[Dict[str, Any]]:
     """One row per network (its run's final snapshot): every hyperparameter, the seed, epochs
-    trained, every measure, the gaps and accuracies: enough to redo the analysis without
-    MLflow (``compare/networks.csv``)."""
+    trained, whether it reached stop_loss (``converged``: True / False, empty without
+    stop_loss), its test-set size, every measure, the gaps and accuracies: enough to redo the
+    analysis without MLflow (``compare/networks.csv``)."""
     out = []
     for i in sorted(final_snapshots(instances), key=_network_order):
         row = {c: i.get(c) for c in NETWORK_COLUMNS if c != "epochs_trained"}
@@ -448,6 +669,14 @@ def accuracy_figure(instances: List[Dict[str, Any]], cna_key: str = "cna_test"):
                                  [i.get("test_acc", math.nan) for i in instances],
                                  groups=[f"{i.get('arch')}/{i.get('dataset')}" for i in instances],
                                  title=f"{cna_key} vs test accuracy (Fig. 7)")
+
+
+def _per_gap(boot, signs, interval_tables: List[str], sign_tables: List[str]) -> List[str]:
+    """The Description's order: each gap's interval table, then its sign-error table (so the
+    first gap's sign-errors come before the second gap's intervals where space runs out)."""
+    intervals = dict(zip([t for t in TARGETS if (ALL_NETS, t) in boot], interval_tables))
+    errors = dict(zip([t for t in TARGETS if t in signs], sign_tables))
+    return [table for t in TARGETS for table in (intervals.get(t), errors.get(t)) if table]
 
 
 def _launched_in():
@@ -497,16 +726,34 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     grid_name = client.get_run(grid_id).data.tags.get(TAG + "config", "") if grid_id else ""
     runs = find_runs(client, [exp.experiment_id], "" if all_runs else grid_id)
     instances = [i for run in runs for i in instances_of_run(client, run)]
+    older = sum(1 for run in runs if TAG + "converged" not in run.data.tags
+                and run_converged(run) is not None)
+    converged_line = convergence(instances, args.converged_only, older)
+    incomplete = ""
+    if args.converged_only:
+        kept = [i for i in instances if i.get("converged") is not False]
+        incomplete = incomplete_after_filter(instances, kept)
+        instances = kept
     if len(instances) < 3:
         sys.exit(f"only {len(instances)} network instances found (finished train runs with "
                  "snapshots): nothing to correlate")
     scored = scored_measures(runs)
     rows = compare(instances, scored)
     boot = add_intervals(rows, instances, replicates=args.replicates, level=args.level)
+    signs = add_sign_errors(rows, instances)
+    if incomplete:   # one line each for the seed bootstrap and CMI
+        for (scope, target), res in boot.items():
+            if scope == ALL_NETS:
+                res.notes.insert(0, f"{incomplete}; the seed bootstrap draws from the networks "
+                                    f"left ({res.mode} mode)")
+        for r in rows:
+            if r["scope"] == ALL_NETS and r.get("cmi_note"):
+                r["cmi_note"] = f"{incomplete}; CMI needs every combination once: {r['cmi_note']}"
     interval_tables = [interval_markdown(boot[(ALL_NETS, t)], t) for t in TARGETS
                        if (ALL_NETS, t) in boot]
+    sign_tables = [sign_error_markdown(signs[t], t) for t in TARGETS if t in signs]
     tables = "\n\n".join([markdown(rows, t) for t in TARGETS + ("test_acc",)]
-                          + interval_tables)
+                          + interval_tables + sign_tables)
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run already exists
         mlflow.set_experiment(experiment_id=exp.experiment_id)
     with mlflow.start_run() as run:
@@ -517,17 +764,29 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                          "mlflow.note.content": description(
                              f"Metrics ranked by their correlation with the generalization gap "
                              f"over {len(instances)} network instances ({len(runs)} runs, "
-                             f"{scope}).",
-                             interval_tables
+                             f"{scope}).\n\n{converged_line}",
+                             _per_gap(boot, signs, interval_tables, sign_tables)
                              + [markdown(rows, t) for t in TARGETS + ("test_acc",)])})
         log_launch("compare", {k: getattr(args, k) for k in declared("compare")})
         log_resolved({"grid_run_id": grid_id or "all", "experiment": exp.name})
-        mlflow.log_metrics({"runs": len(runs), "instances": len(instances)})
+        mlflow.log_metrics({"runs": len(runs), "instances": len(instances),
+                            "unconverged": sum(1 for run in runs
+                                               if run_converged(run) is False)})
         mlflow.log_text(to_csv(rows), "compare/correlations.csv")
         mlflow.log_text(tables + "\n", "compare/correlations.md")
         mlflow.log_text(to_csv(instances), "compare/instances.csv")
         mlflow.log_text(to_csv(networks_table(instances, scored)), "compare/networks.csv")
+        if any(res.environments for res in signs.values()):
+            mlflow.log_text(to_csv(environments_table(signs)), "compare/environments.csv")
         from cna_tf import plots
+        for target, res in signs.items():
+            try:
+                fig = sign_error_figure(res, target)
+                mlflow.log_figure(fig, f"compare/sign_error_{target}.png")
+                plots.close(fig)
+            except Exception as e:  # the tables are the result; a figure never fails the step
+                print(f"warning: compare/sign_error_{target}.png not logged: "
+                      f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
         for name, fig in _figures(rows):
             mlflow.log_figure(fig, f"compare/{name}")
             plots.close(fig)
@@ -544,6 +803,11 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                 mlflow.log_metric(f"pearson.{r['metric']}.{r['target']}", r["pearson"])
             if r["scope"] == "All Nets" and not math.isnan(r.get("cmi", math.nan)):
                 mlflow.log_metric(f"cmi.{r['metric']}.{r['target']}", r["cmi"])
+            res = signs.get(r["target"]) if r["scope"] == "All Nets" else None
+            if res is not None and r["metric"] in res and res[r["metric"]]["all"]["n"]:
+                every = res[r["metric"]]["all"]
+                mlflow.log_metrics({f"sign_error_mean.{r['metric']}.{r['target']}": every["mean"],
+                                    f"sign_error_max.{r['metric']}.{r['target']}": every["max"]})
             if r["scope"] == "All Nets" and _finite(r.get("kendall_low")):
                 mlflow.log_metrics({f"kendall_low.{r['metric']}.{r['target']}": r["kendall_low"],
                                     f"kendall_high.{r['metric']}.{r['target']}":
@@ -553,7 +817,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     where = ("" if os.environ.get("CNA_TF_BROWSE_LINE", "1") == "0"
              else f"\n\n{browse_line(exp.experiment_id, client)}")
     print(f"compare run {run.info.run_id}: {len(runs)} runs, {len(instances)} network "
-          f"instances\n\n{tables}{where}", flush=True)
+          f"instances\n{converged_line}\n\n{tables}{where}", flush=True)
     return rows
 
 

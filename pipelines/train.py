@@ -114,6 +114,17 @@ def log_flatness(model, x, y, seed: int, step: int) -> Dict[str, float]:
     return values
 
 
+def log_converged(converged: bool, step: int) -> None:
+    """Whether training reached ``stop_loss`` before the epoch budget ran out (Jiang et al.'s
+    and Dziugaite et al.'s protocols leave out networks that did not): the tag
+    ``cna_tf.converged`` (``true``/``false``, what `compare` reads) and the metric
+    ``converged`` (1/0, a column of the UI's runs table), at the final snapshot's step."""
+    import mlflow
+
+    mlflow.set_tag(TAG + "converged", str(bool(converged)).lower())
+    mlflow.log_metric("converged", float(bool(converged)), step=step)
+
+
 class EpochLogger(keras.callbacks.Callback):
     """Logs Keras' own per-epoch values (loss, accuracy) to MLflow at step = epochs done."""
 
@@ -351,6 +362,8 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
     mlflow.set_tag(TAG + "snapshots", ",".join(map(str, snapshots)))
     if stop is not None and stop.stopped_epoch is not None:
         mlflow.set_tag(TAG + "stopped_at_epoch", str(stop.stopped_epoch))
+    if stop is not None:  # without stop_loss there is no criterion to reach: no flag
+        log_converged(stop.stopped_epoch is not None, max(cb.history, default=0))
     if p["flatness"] and cb.history:
         x_plain = ds.preprocess(ds.x_train) if augment else x  # un-augmented training inputs
         final.update(log_flatness(model, x_plain, ds.y_train, p["seed"], max(cb.history)))

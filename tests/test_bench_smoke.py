@@ -181,3 +181,11 @@ def test_bench_score(bench_run):
     assert part["arch"] == "mlp" and part["dataset"] == "digits"
     assert positive(part["load_s"], part["data_s"], part["log_s"], part["predict_s"])
     assert d["target_s"] == 1.0
+
+
+def test_bench_ranking(bench_run):
+    d = run_bench("bench_ranking.py", bench_run)
+    assert (d["networks"], d["measures"]) == (96, 15) and d["environments"] > 0
+    assert {"sign_errors", "sign_errors_no_filter", "bootstrap"} == set(d["results"])
+    assert positive(d["sign_errors_s"], d["ratio_to_bootstrap"],
+                    *(r["seconds"] for r in d["results"].values()))

@@ -324,6 +324,10 @@ def test_compare_ranks_metrics_over_the_grid(tiny_grid):
     # 3 runs x 3 snapshots + the shuffled run's final snapshot
     assert "4 runs, 10 network instances" in proc.stdout
     assert "| cna_margin |" in proc.stdout and "All Nets" in proc.stdout
+    # trained networks: the sign-error tables (SPEC §10) and the convergence line (no stop_loss)
+    for target in ("gen_gap", "loss_gap"):
+        assert f"Robust sign-error with `{target}` in All Nets" in proc.stdout
+    assert "Convergence: no run set stop_loss (4 networks" in proc.stdout
     import mlflow
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
@@ -333,7 +337,10 @@ def test_compare_ranks_metrics_over_the_grid(tiny_grid):
     assert names == {"compare/correlations.csv", "compare/correlations.md",
                      "compare/instances.csv", "compare/networks.csv",
                      "compare/correlation_gen_gap.png",
-                     "compare/correlation_loss_gap.png", "compare/cna_vs_test_acc.png"}
+                     "compare/correlation_loss_gap.png", "compare/cna_vs_test_acc.png",
+                     # SPEC §10's robust sign-error (issue 30)
+                     "compare/environments.csv", "compare/sign_error_gen_gap.png",
+                     "compare/sign_error_loss_gap.png"}
     local = client.download_artifacts(run.info.run_id, "compare/correlations.csv", str(d))
     import csv
     rows = list(csv.DictReader(open(local)))

@@ -281,3 +281,28 @@ def test_trajectory_landscape_default_extent(trained):
     coords = analysis.trajectory_pca(cb.trajectory)["coords"]
     assert xlo < coords[:, 0].min() and coords[:, 0].max() < xhi
     assert isinstance(fig, Figure)
+
+
+def test_sign_error_losses_draws_a_panel_per_axis_and_all():
+    from cna_tf import ranking
+
+    hp = {"a": [0, 0, 1, 1, 2, 2], "b": [0, 1] * 3}
+    gap = np.array([0.1, 0.3, 0.5, 0.2, 0.9, 0.6])
+    res = ranking.sign_errors({"gap": gap, "minus": -gap, "nan": [np.nan] * 6}, gap, hp,
+                              replicate_axis=None, n_test=10**6)
+    fig = plots.sign_error_losses(res.environments, ["gap", "minus", "nan"], res.axes,
+                                  title="t")
+    try:
+        assert len(fig.axes) == 3
+        assert [ax.get_title() for ax in fig.axes] == [
+            f"a ({sum(e['axis'] == 'a' for e in res.environments)})",
+            f"b ({sum(e['axis'] == 'b' for e in res.environments)})",
+            f"all ({len(res.environments)})"]
+        labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        assert labels == ["nan", "minus", "gap"]                  # top to bottom
+        assert {t.get_text() for t in fig.axes[2].texts} == {"none kept"}
+        assert fig.axes[2].get_legend() is not None
+    finally:
+        plots.close(fig)
+    with pytest.raises(ValueError, match="no measures"):
+        plots.sign_error_losses(res.environments, [], res.axes)

@@ -64,11 +64,14 @@ def test_stop_loss_and_flatness_through_train_py(tmp_path):
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     plain = _train(common + ["--epochs", "3"], env)
     assert plain.returncode == 0, plain.stderr[-3000:]
+    # cell 3: a threshold two epochs cannot reach: the run did not converge
+    short = _train(common + ["--epochs", "2", "--stop_loss", "0.0001"], env)
+    assert short.returncode == 0, short.stderr[-3000:]
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               "tags.`cna_tf.role` = 'train'")
     by_stop = {r.data.params["stop_loss"]: r for r in runs}
-    assert set(by_stop) == {"0.3", "0.0"}
+    assert set(by_stop) == {"0.3", "0.0", "0.0001"}
 
     r = by_stop["0.3"]
     end = int(r.data.tags["cna_tf.stopped_at_epoch"])
@@ -78,6 +81,10 @@ def test_stop_loss_and_flatness_through_train_py(tmp_path):
     assert all(loss[e] > 0.3 for e in loss if e < end)          # whose loss met the rule
     # the final snapshot is measured at the epoch training stopped (a network instance)
     assert r.data.tags["cna_tf.snapshots"] == f"0,{end}"
+    # it reached stop_loss: tag and metric (at the final snapshot's step) say so
+    assert r.data.tags["cna_tf.converged"] == "true"
+    assert [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "converged")] \
+        == [(end, 1.0)]
     assert [m.step for m in client.get_metric_history(r.info.run_id, "gen_gap")] == [0, end]
     for k in FLATNESS_KEYS | {"flatness_seconds"}:
         h = client.get_metric_history(r.info.run_id, k)
@@ -87,7 +94,12 @@ def test_stop_loss_and_flatness_through_train_py(tmp_path):
         1 / r.data.metrics["pacbayes_sigma"] ** 2)
     assert r.data.metrics["flatness_seconds"] >= r.data.metrics["pacbayes_flatness_seconds"]
 
-    r = by_stop["0.0"]
+    r = by_stop["0.0001"]
+    assert r.data.tags["cna_tf.converged"] == "false" and r.data.metrics["converged"] == 0.0
     assert "cna_tf.stopped_at_epoch" not in r.data.tags
+
+    r = by_stop["0.0"]   # no stop_loss: no criterion to reach, no flag
+    assert "cna_tf.stopped_at_epoch" not in r.data.tags
+    assert "cna_tf.converged" not in r.data.tags and "converged" not in r.data.metrics
     assert r.data.tags["cna_tf.snapshots"] == "0,3"
     assert not FLATNESS_KEYS & set(r.data.metrics)
