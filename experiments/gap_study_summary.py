@@ -2,6 +2,7 @@
 them, epochs trained and networks that hit the epoch cap; from `compare`'s networks.csv alone.
 
     python experiments/gap_study_summary.py docs/results/gap_study_networks.csv
+    python experiments/gap_study_summary.py docs/results/gap_study_conv_networks.csv
 """
 from __future__ import annotations
 
@@ -13,7 +14,22 @@ from typing import Dict, List
 
 import numpy as np
 
-AXES = ["depth", "width", "n_train", "label_shuffle", "weight_decay"]
+#: networks.csv's hyperparameter columns, in the order the summary lists those that vary (the
+#: seed is the replicate, not an axis)
+AXES = ("arch", "dataset", "depth", "width", "n_train", "label_shuffle", "weight_decay",
+        "dropout", "lr", "momentum", "batch_size", "epochs")
+
+
+def varied_axes(rows: List[Dict[str, str]]) -> List[str]:
+    """The hyperparameters whose value differs between the networks."""
+    return [a for a in AXES if a in rows[0] and len({r[a] for r in rows}) > 1]
+
+
+def _value_order(v: str):
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)
 
 
 def load(path: str) -> List[Dict[str, str]]:
@@ -34,11 +50,12 @@ def summary(rows: List[Dict[str, str]]) -> str:
              f"the {cap}-epoch cap before cross-entropy 0.01",
              "", "| axis | value | networks | mean gen_gap | mean loss_gap | mean test_acc | "
              "mean epochs |", "|---|---|---|---|---|---|---|"]
-    for axis in AXES:
+    axes = varied_axes(rows)
+    for axis in axes:
         groups: Dict[str, list] = defaultdict(list)
         for r in rows:
             groups[r[axis]].append(r)
-        for value in sorted(groups, key=float):
+        for value in sorted(groups, key=_value_order):
             g = groups[value]
             mean = lambda k: float(np.mean([float(r[k]) for r in g]))  # noqa: E731
             lines.append(f"| {axis} | {value} | {len(g)} | {mean('gen_gap'):.4f} | "
@@ -47,7 +64,7 @@ def summary(rows: List[Dict[str, str]]) -> str:
     # seed-to-seed spread of the gap within a combination
     combos: Dict[tuple, list] = defaultdict(list)
     for r in rows:
-        combos[tuple(r[a] for a in AXES)].append(float(r["gen_gap"]))
+        combos[tuple(r[a] for a in axes)].append(float(r["gen_gap"]))
     sd = [float(np.std(v, ddof=1)) for v in combos.values() if len(v) > 1]
     between = float(np.std([np.mean(v) for v in combos.values()], ddof=1))
     lines += ["", f"gen_gap seed-to-seed SD within a combination: median {np.median(sd):.4f} "
