@@ -15,6 +15,26 @@ from scipy import stats
 ALL_NETS = "All Nets"
 
 
+def _measure_matrix(measures: Mapping[Any, Sequence[float]], gap: Sequence[float]):
+    """``(gap, names, x)``: the gap as a float64 vector of n networks, the measure names in
+    order, and their values as an (n, measures) float64 matrix; a clear error for no measures
+    or a measure whose length differs from the gap's."""
+    if not measures:
+        raise ValueError("measures is empty: give at least one measure name -> per-network "
+                         "values")
+    g = np.asarray(gap, dtype=np.float64).ravel()
+    n = len(g)
+    names = list(measures)
+    columns = []
+    for name in names:
+        col = np.asarray(measures[name], dtype=np.float64).ravel()
+        if len(col) != n:
+            raise ValueError(f"measure {name!r} has {len(col)} values and gap {n}; give one "
+                             "value per network, in the same order")
+        columns.append(col)
+    return g, names, np.stack(columns, axis=1)
+
+
 def _finite_pairs(x: Sequence[float], y: Sequence[float]):
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     ok = np.isfinite(x) & np.isfinite(y)

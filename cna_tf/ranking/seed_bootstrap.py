@@ -11,7 +11,8 @@ from scipy import sparse, stats
 
 from cna_tf.ranking.cmi import (_entropy_bits, _mutual_information_bits,
                                 conditional_mutual_information, grid_codes)
-from cna_tf.ranking.correlations import _key, granulated_kendall, kendall, pearson
+from cna_tf.ranking.correlations import (_key, _measure_matrix, granulated_kendall, kendall,
+                                         pearson)
 
 STATISTICS = ("pearson", "kendall", "granulated_kendall", "cmi")
 _CHUNK_ELEMENTS = 1 << 21  # replicates are processed in chunks of about this many pair entries
@@ -394,20 +395,8 @@ def bootstrap(measures: Mapping[Any, Sequence[float]], gap: Sequence[float],
         raise ValueError(f"level must be a number strictly between 0 and 1 (e.g. 0.95), "
                          f"got {level!r}")
     level = float(level)
-    if not measures:
-        raise ValueError("measures is empty: give at least one measure name -> per-network "
-                         "values")
-    g = np.asarray(gap, dtype=np.float64).ravel()
+    g, names, x = _measure_matrix(measures, gap)
     n = len(g)
-    names = list(measures)
-    columns = []
-    for name in names:
-        col = np.asarray(measures[name], dtype=np.float64).ravel()
-        if len(col) != n:
-            raise ValueError(f"measure {name!r} has {len(col)} values and gap {n}; give one "
-                             "value per network, in the same order")
-        columns.append(col)
-    x = np.stack(columns, axis=1)
     plan = _Plan(hparams, n, replicate_axis)
     idx = plan.draw(replicates, np.random.default_rng(seed))
     notes = list(plan.notes)

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from cna_tf.ranking.correlations import _key
+from cna_tf.ranking.correlations import _key, _measure_matrix
 
 __all__ = ["sign_errors", "SignErrorResult", "hoeffding_weight", "ALL_AXES"]
 
@@ -164,20 +164,8 @@ def sign_errors(measures: Mapping[Any, Sequence[float]], gap: Sequence[float],
         >>> s["cna_margin"]["width"]      # {"n": 4, "mean": 0.12, "p90": 0.3, "max": 0.41}
         >>> s["cna_margin"]["all"]["max"], s.environments[0]["losses"]["l2"]
     """
-    if not measures:
-        raise ValueError("measures is empty: give at least one measure name -> per-network "
-                         "values")
-    g = np.asarray(gap, dtype=np.float64).ravel()
+    g, names, x = _measure_matrix(measures, gap)                        # x: (n, M)
     n = len(g)
-    names = list(measures)
-    columns = []
-    for name in names:
-        col = np.asarray(measures[name], dtype=np.float64).ravel()
-        if len(col) != n:
-            raise ValueError(f"measure {name!r} has {len(col)} values and gap {n}; give one "
-                             "value per network, in the same order")
-        columns.append(col)
-    x = np.stack(columns, axis=1)                                       # (n, M)
     keys: Dict[str, List[Any]] = {}
     for name, values in hparams.items():
         values = list(values)
