@@ -12,6 +12,18 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh sqlite tracking store for the test (no run or experiment id inherited); its
+    client. Tests whose store needs more (a trained grid, an experiment) define their own."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    return mlflow.MlflowClient()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_mlflow_state():
     """Give every test a clean MLflow process state.

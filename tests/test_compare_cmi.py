@@ -39,15 +39,6 @@ def _log_grid(client, exp, drop_last=False):
     client.set_terminated(grid.info.run_id, "FINISHED")
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    return mlflow.MlflowClient()
-
-
 def test_compare_reports_cmi_on_a_complete_grid(store):
     import compare as compare_step
 

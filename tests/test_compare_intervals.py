@@ -47,16 +47,6 @@ def _log_grid(client, exp, seeds, rng):
     return nets
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    return mlflow.MlflowClient()
-
-
 def _artifact(client, name, path, tmp_path):
     run = client.search_runs([client.get_experiment_by_name(name).experiment_id],
                              "tags.`cna_tf.role` = 'compare'")[0]
