@@ -268,9 +268,13 @@ def test_an_interrupted_download_keeps_nothing(origin, tmp_path):
     origin.files["train-images-idx3-ubyte.gz"] = body
     origin.stall.add("train-images-idx3-ubyte.gz")
     env = dict(os.environ, KERAS_BACKEND="numpy", PYTHONUNBUFFERED="1")
+    # SIGINT at its default in the child: a test run started in the background by a
+    # non-interactive shell (nohup ... &, some CI runners) ignores SIGINT, a child inherits the
+    # ignored disposition, and Python then installs no KeyboardInterrupt handler at all
     proc = subprocess.Popen([sys.executable, "-m", "cna_tf.data.fetch", "fashion_mnist"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         keras = tmp_path / "keras_home"
         while not [p for p in keras.rglob("*.part") if p.stat().st_size > 0]:
