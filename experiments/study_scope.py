@@ -65,7 +65,7 @@ def scope_report(nets: List[Dict[str, Any]], scope: str, replicates: int = 1000)
                                 replicates=replicates, seed=0)
         parts.append(interval_markdown(res, target, scope=scope))
     signs = sign_error_tables(nets)
-    parts += [sign_error_markdown(signs[t], t) for t in TARGETS]
+    parts += [sign_error_markdown(signs[t], t, scope=scope) for t in TARGETS]
     return "\n\n".join(parts)
 
 

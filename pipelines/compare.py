@@ -477,12 +477,13 @@ def _fmt_rate(v) -> str:
     return "–" if not _finite(v) else f"{v:.2f}"
 
 
-def sign_error_markdown(result, target: str) -> str:
+def sign_error_markdown(result, target: str, scope: str = ALL_NETS) -> str:
     """A row per measure, a column per varied axis and "all": ``mean / max (n)`` of the kept
-    environments' losses; sorted by the mean over all (best first; none kept last)."""
+    environments' losses; sorted by the mean over all (best first; none kept last). ``scope``
+    names the networks in the title."""
     columns = list(result.axes) + ["all"]
     sizes = ", ".join(f"{n:,}" for n in getattr(result, "n_test", []))
-    lines = [f"Robust sign-error with `{target}` in {ALL_NETS} (Dziugaite et al. 2020, SPEC "
+    lines = [f"Robust sign-error with `{target}` in {scope} (Dziugaite et al. 2020, SPEC "
              "§10): per intervention, mean / max (n) of the environment losses (environment: "
              "two combinations that differ in that axis only, every seed pairing; 0 = the "
              "measure always orders the two networks as their gap, 1 = always the wrong way; "

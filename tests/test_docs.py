@@ -106,6 +106,14 @@ NOT_HERE: Dict[str, str] = {
         "96 MLPs on full MNIST trained to cross-entropy 0.01 with flatness: 69 minutes on this "
         "CPU, run once by hand (docs/results/gap_study.md); tests/test_regularization_axes.py "
         "trains its weight-decay axis through train.py and tests/test_pipelines.py runs a grid",
+    "mlflow run . --env-manager local -e grid --experiment-name cna_tf-gap_study_conv "
+    "-P config=gap_study_conv -P workers=2":
+        "48 VGG-18 and ResNet-18 networks on full-MNIST subsets trained to cross-entropy 0.01 with "
+        "flatness: 87 minutes on this CPU, run once by hand (docs/results/gap_study_conv.md); "
+        "tests/test_gap_study_conv.py trains two of its cells, shrunk, through the same entry point",
+    "mlflow run . --env-manager local -e compare --experiment-name cna_tf-gap_study_conv":
+        "needs the gap_study_conv grid above; tests/test_compare_sign_error.py and "
+        "tests/test_compare_intervals.py run compare with --experiment-name's experiment",
     "mlflow run . --env-manager local -e compare --experiment-name cna_tf-gap_study":
         "needs the gap_study grid above; tests/test_compare_intervals.py runs compare with "
         "--experiment-name's experiment and checks its intervals, and the RUN table runs the "
