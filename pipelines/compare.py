@@ -477,6 +477,15 @@ def _fmt_rate(v) -> str:
     return "–" if not _finite(v) else f"{v:.2f}"
 
 
+def _by_mean_sign_error(result) -> List[str]:
+    """The measures of a sign-error result, lowest mean over all environments first; those
+    with no kept environment last, in their given order."""
+    def key(metric):
+        mean = result[metric]["all"]["mean"]
+        return (0, mean) if _finite(mean) else (1, 0.0)
+    return sorted(result, key=key)
+
+
 def sign_error_markdown(result, target: str, scope: str = ALL_NETS) -> str:
     """A row per measure, a column per varied axis and "all": ``mean / max (n)`` of the kept
     environments' losses; sorted by the mean over all (best first; none kept last). ``scope``
@@ -496,13 +505,10 @@ def sign_error_markdown(result, target: str, scope: str = ALL_NETS) -> str:
         lines += [f"No noise filter: `{target}` is not a difference of error rates, so "
                   "Hoeffding's bound does not hold; every pair weighs 1.", ""]
 
-    def key(item):
-        mean = item[1]["all"]["mean"]
-        return (0, mean) if _finite(mean) else (1, 0.0)
-
     lines += ["| rank | metric | " + " | ".join(columns) + " |",
               "|---|---|" + "---|" * len(columns)]
-    for rank, (metric, by_axis) in enumerate(sorted(result.items(), key=key), 1):
+    for rank, metric in enumerate(_by_mean_sign_error(result), 1):
+        by_axis = result[metric]
         cells = [f"{_fmt_rate(by_axis[c]['mean'])} / {_fmt_rate(by_axis[c]['max'])} "
                  f"({by_axis[c]['n']})" if by_axis[c]["n"] else "– (0)" for c in columns]
         shown = rank if by_axis["all"]["n"] else "–"   # nothing kept: no rank
@@ -533,9 +539,7 @@ def sign_error_figure(result, target: str):
     measures ordered as in the table."""
     from cna_tf import plots
 
-    order = sorted(result, key=lambda m: (0, result[m]["all"]["mean"])
-                   if _finite(result[m]["all"]["mean"]) else (1, 0.0))
-    return plots.sign_error_losses(result.environments, order, result.axes,
+    return plots.sign_error_losses(result.environments, _by_mean_sign_error(result), result.axes,
                                    title=f"Robust sign-error with {target} per intervention "
                                          "(Dziugaite et al. 2020)")
 
@@ -672,14 +676,6 @@ def accuracy_figure(instances: List[Dict[str, Any]], cna_key: str = "cna_test"):
                                  title=f"{cna_key} vs test accuracy (Fig. 7)")
 
 
-def _per_gap(boot, signs, interval_tables: List[str], sign_tables: List[str]) -> List[str]:
-    """The Description's order: each gap's interval table, then its sign-error table (so the
-    first gap's sign-errors come before the second gap's intervals where space runs out)."""
-    intervals = dict(zip([t for t in TARGETS if (ALL_NETS, t) in boot], interval_tables))
-    errors = dict(zip([t for t in TARGETS if t in signs], sign_tables))
-    return [table for t in TARGETS for table in (intervals.get(t), errors.get(t)) if table]
-
-
 def _launched_in():
     """The experiment `mlflow run` started this step's run in, unless it is the Default one
     (``mlflow run . -e compare`` with no ``--experiment-name``); None otherwise."""
@@ -750,11 +746,15 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         for r in rows:
             if r["scope"] == ALL_NETS and r.get("cmi_note"):
                 r["cmi_note"] = f"{incomplete}; CMI needs every combination once: {r['cmi_note']}"
-    interval_tables = [interval_markdown(boot[(ALL_NETS, t)], t) for t in TARGETS
-                       if (ALL_NETS, t) in boot]
-    sign_tables = [sign_error_markdown(signs[t], t) for t in TARGETS if t in signs]
+    interval_tables = {t: interval_markdown(boot[(ALL_NETS, t)], t) for t in TARGETS
+                       if (ALL_NETS, t) in boot}
+    sign_tables = {t: sign_error_markdown(signs[t], t) for t in TARGETS if t in signs}
     tables = "\n\n".join([markdown(rows, t) for t in TARGETS + ("test_acc",)]
-                          + interval_tables + sign_tables)
+                          + list(interval_tables.values()) + list(sign_tables.values()))
+    # the Description: each gap's interval table, then its sign-error table (so the first
+    # gap's sign-errors come before the second gap's intervals where space runs out)
+    per_gap = [table for t in TARGETS
+               for table in (interval_tables.get(t), sign_tables.get(t)) if table]
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run already exists
         mlflow.set_experiment(experiment_id=exp.experiment_id)
     with mlflow.start_run() as run:
@@ -766,7 +766,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                              f"Metrics ranked by their correlation with the generalization gap "
                              f"over {len(instances)} network instances ({len(runs)} runs, "
                              f"{scope}).\n\n{converged_line}",
-                             _per_gap(boot, signs, interval_tables, sign_tables)
+                             per_gap
                              + [markdown(rows, t) for t in TARGETS + ("test_acc",)])})
         log_launch("compare", {k: getattr(args, k) for k in declared("compare")})
         log_resolved({"grid_run_id": grid_id or "all", "experiment": exp.name})
