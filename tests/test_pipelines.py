@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 
 import cells  # noqa: E402
 import params as step_params  # noqa: E402
+from _shared_grid import EXPERIMENT, N_CELLS  # noqa: E402
 from cna_tf import ranking  # noqa: E402
 
 
@@ -230,30 +231,20 @@ def _run(script, args, env):
 
 
 @pytest.fixture(scope="module")
-def tiny_grid(tmp_path_factory):
+def tiny_grid(shared_grid, tmp_path_factory):
+    """A copy of the session's shared grid (8 cells, 2 workers; tests/_shared_grid.py): the
+    tests below rerun it, compare it and train beside it."""
     d = tmp_path_factory.mktemp("grid")
-    config = d / "tiny.yaml"
-    config.write_text(
-        "name: tiny\n"
-        "defaults: {dataset: digits, epochs: 2, snapshot_every: 1, batch_size: 64,"
-        " n_train: 300, n_test: 150, max_samples: 200}\n"
-        "cells:\n"
-        "  - {arch: mlp, width: [0.05, 0.1], depth: 2}\n"
-        "  - {arch: mlp, width: 0.05, depth: 2, seed: 1}\n"
-        "  - {arch: mlp, width: 0.05, depth: 2, label_shuffle: 0.5, final_only: true}\n")
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{d}/mlflow.db",
+    env = dict(os.environ, MLFLOW_TRACKING_URI=shared_grid.copy(d / "store"),
                TF_CPP_MIN_LOG_LEVEL="3")
-    args = ["--config", str(config), "--workers", "2", "--backup_root", str(d / "backup"),
-            "--experiment", "tiny"]
-    first = _run("grid.py", args, env)
-    return d, env, args, first
+    return d, env, shared_grid.grid_args(d / "backup"), shared_grid
 
 
 def _children(env):
     import mlflow
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    exp = client.get_experiment_by_name("tiny")
+    exp = client.get_experiment_by_name(EXPERIMENT)
     grids = client.search_runs([exp.experiment_id], "tags.`cna_tf.role` = 'grid'")
     assert len(grids) == 1
     kids = client.search_runs([exp.experiment_id],
@@ -264,10 +255,9 @@ def _children(env):
 @pytest.mark.slow
 def test_grid_trains_every_cell_as_a_child_run(tiny_grid):
     d, env, args, first = tiny_grid
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "[4/4]" in first.stdout and "ETA" in first.stdout
+    assert f"[{N_CELLS}/{N_CELLS}]" in first.stdout and "ETA" in first.stdout
     client, parent, kids = _children(env)
-    assert len(kids) == 4 and all(r.info.status == "FINISHED" for r in kids)
+    assert len(kids) == N_CELLS and all(r.info.status == "FINISHED" for r in kids)
     assert parent.data.metrics["cells_failed"] == 0
     finished = [r for r in kids if r.data.params["final_only"] == "false"]
     for r in finished:
@@ -290,12 +280,13 @@ def test_grid_rerun_skips_every_finished_cell(tiny_grid):
     before = {r.info.run_id for r in _children(env)[2]}
     again = _run("grid.py", args, env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming grid run" in again.stdout and "4 of 4 cells already finished" in again.stdout
+    assert "resuming grid run" in again.stdout
+    assert f"{N_CELLS} of {N_CELLS} cells already finished" in again.stdout
     assert "[" not in again.stdout.split("already finished")[1].split("grid ")[0]  # none ran
     client, parent, kids = _children(env)
     assert {r.info.run_id for r in kids} == before
     keys = [r.data.tags["cna_tf.cell_key"] for r in kids]
-    assert len(keys) == len(set(keys)) == 4
+    assert len(keys) == len(set(keys)) == N_CELLS
 
 
 @pytest.mark.slow
@@ -319,19 +310,19 @@ def test_nan_loss_fails_the_run_with_the_reason(tmp_path):
 @pytest.mark.slow
 def test_compare_ranks_metrics_over_the_grid(tiny_grid):
     d, env, args, first = tiny_grid
-    proc = _run("compare.py", ["--experiment", "tiny"], env)
+    proc = _run("compare.py", ["--experiment", EXPERIMENT], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # 3 runs x 3 snapshots + the shuffled run's final snapshot
-    assert "4 runs, 10 network instances" in proc.stdout
+    # 4 clean runs x 3 snapshots + the 4 shuffled runs' final snapshots
+    assert "8 runs, 16 network instances" in proc.stdout
     assert "| cna_margin |" in proc.stdout and "All Nets" in proc.stdout
     # trained networks: the sign-error tables (SPEC §10) and the convergence line (no stop_loss)
     for target in ("gen_gap", "loss_gap"):
         assert f"Robust sign-error with `{target}` in All Nets" in proc.stdout
-    assert "Convergence: no run set stop_loss (4 networks" in proc.stdout
+    assert "Convergence: no run set stop_loss (8 networks" in proc.stdout
     import mlflow
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    exp = client.get_experiment_by_name("tiny")
+    exp = client.get_experiment_by_name(EXPERIMENT)
     run = client.search_runs([exp.experiment_id], "tags.`cna_tf.role` = 'compare'")[0]
     names = {a.path for a in client.list_artifacts(run.info.run_id, "compare")}
     assert names == {"compare/correlations.csv", "compare/correlations.md",
@@ -348,7 +339,7 @@ def test_compare_ranks_metrics_over_the_grid(tiny_grid):
                and r["target"] == "gen_gap")
     inst = list(csv.DictReader(open(client.download_artifacts(
         run.info.run_id, "compare/instances.csv", str(d)))))
-    assert len(inst) == 10
+    assert len(inst) == 16
     x = [float(r["cna_area"]) for r in inst]
     y = [float(r["gen_gap"]) for r in inst]
     assert float(got["pearson"]) == pytest.approx(stats.pearsonr(x, y)[0])
@@ -425,7 +416,6 @@ def test_compare_on_runs_logged_by_hand(tmp_path, monkeypatch):
 def test_a_grid_cell_has_the_params_of_the_same_cell_launched_with_mlflow_run(tiny_grid):
     """One rule for params: the grid logs what `mlflow run . -e train -P ...` logs, nothing else."""
     d, env, args, first = tiny_grid
-    assert first.returncode == 0, first.stderr[-3000:]
     client, parent, kids = _children(env)
     kid = next(r for r in kids if r.data.params["seed"] == "1")
     cell = step_params.read_params(kid.data.params, {k: v[0] for k, v in

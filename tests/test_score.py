@@ -1,11 +1,10 @@
 """The `score` step (issue 31, SPEC §11): a user's PGDL-style measure on saved networks.
 
-One small trained experiment serves every end-to-end test (8 tiny digits MLPs, saved: shuffled
-labels 0 / 0.5 x width x seed, a complete grid with CMI defined); each test scores under its own
-metric name.
+One small trained experiment serves every end-to-end test (a copy of the session's shared grid,
+tests/_shared_grid.py: 8 tiny digits MLPs, saved: shuffled labels 0 / 0.5 x width x seed, a
+complete grid with CMI defined); each test scores under its own metric name.
 """
 import hashlib
-import itertools
 import math
 import os
 import subprocess
@@ -18,11 +17,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "pipelines"))
 
+import _shared_grid  # noqa: E402
 from cna_tf import scoring  # noqa: E402
 
 MEASURES = "tests/score_measures.py"
-EXPERIMENT = "scoring"
-N = 8  # trained networks
+EXPERIMENT = _shared_grid.EXPERIMENT
+N = _shared_grid.N_CELLS  # trained networks
 
 
 # -- resolving a spec: no store, no model --------------------------------------------------------
@@ -84,32 +84,10 @@ def test_a_value_that_is_not_one_finite_number_is_refused(value, message):
 # -- the trained experiment --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """8 digits MLPs trained in this process with save_model (label_shuffle x width x seed)."""
-    import mlflow
-
-    import train
-
+def trained(shared_grid, tmp_path_factory):
+    """A copy of the session's shared grid (tests/_shared_grid.py): 8 saved digits MLPs."""
     d = tmp_path_factory.mktemp("score")
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID",
-                                             "MLFLOW_RUN_ID")}
-    uri = f"sqlite:///{d}/mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    os.environ.pop("MLFLOW_RUN_ID", None)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(EXPERIMENT)
-    for shuffle, width, seed in itertools.product((0.0, 0.5), (0.05, 0.1), (0, 1)):
-        train.main(["--dataset", "digits", "--width", str(width), "--depth", "2",
-                    "--epochs", "2", "--snapshot_every", "1", "--batch_size", "64",
-                    "--n_train", "300", "--n_test", "150", "--max_samples", "200",
-                    "--label_shuffle", str(shuffle), "--seed", str(seed), "--save_model", "true",
-                    "--backup_dir", str(d / f"b{shuffle}-{width}-{seed}")])
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    return d, uri
+    return d, shared_grid.copy(d / "store")
 
 
 @pytest.fixture

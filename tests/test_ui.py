@@ -23,6 +23,7 @@ import pytest
 
 from _servers import (CHROMEDRIVER, CHROMIUM, ROOT, artifacts_dir, chromium_missing, missing,
                       mlflow_server, require_module)
+from _shared_grid import N_CELLS
 
 WIDTHS = (0.05, 0.1, 0.25, 0.5)
 # final (step 2) values, exact in binary so the table shows them as logged
@@ -210,43 +211,35 @@ def test_the_link_make_demo_prints_lands_on_the_grid_with_its_measures_and_chart
     assert Path(shot).stat().st_size > 10_000
 
 
-TINY_GRID = """name: demo
-defaults: {arch: mlp, dataset: digits, width: 0.05, depth: 2, batch_size: 64, epochs: 1,
-           n_train: 200, n_test: 100, max_samples: 100}
-cells:
-  - {seed: [0, 1]}
-"""
-
-
 @pytest.mark.slow
-def test_the_link_shows_a_trained_grid_its_cells_by_name_and_the_ranking(tmp_path, browser):
+def test_the_link_shows_a_trained_grid_its_cells_by_name_and_the_ranking(tmp_path, browser,
+                                                                        shared_grid):
     """A real grid and compare (pipelines/grid.py, compare.py) in cna_tf-demo, as `make demo`
-    runs them (a 2-cell config named demo): compare's last line is the link `make demo`'s last
-    line prints; from it, the cells by name and the compare run's Description (the ranking)."""
+    runs them (a copy of the session's shared grid, tests/_shared_grid.py: a config named demo,
+    8 cells, compared here): compare's last line is the link `make demo`'s last line prints;
+    from it, the cells by name and the compare run's Description (the ranking)."""
     import sys
 
     import mlflow
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config = tmp_path / "demo.yaml"
-    config.write_text(TINY_GRID)
+    store = shared_grid.copy(tmp_path / "store")
     env = dict(os.environ, MLFLOW_TRACKING_URI=store, CNA_TF_BACKUP_DIR=str(tmp_path / "bk"),
                TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("MLFLOW_RUN_ID", None)
-    out = {}
-    for step in (["grid.py", "--config", str(config), "--workers", "2"],
-                 ["compare.py", "--experiment", "cna_tf-demo"]):
-        proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / step[0]), *step[1:]],
-                              env=env, cwd=tmp_path, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out[step[0]] = proc.stdout
+    out = {"grid.py": shared_grid.stdout}
+    proc = subprocess.run([sys.executable, str(ROOT / "pipelines" / "compare.py"),
+                           "--experiment", "cna_tf-demo"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out["compare.py"] = proc.stdout
     client = mlflow.MlflowClient(store)
     exp = client.get_experiment_by_name("cna_tf-demo")
     labels = {r.info.run_name for r in client.search_runs(
         [exp.experiment_id], "tags.`cna_tf.role` = 'train'")}
-    assert len(labels) == 2 and all(f"FINISHED {name} (" in out["grid.py"] for name in labels)
+    assert len(labels) == N_CELLS
+    assert all(f"FINISHED {name} (" in out["grid.py"] for name in labels)
     shots = artifacts_dir("ui")
     with mlflow_server(store, tmp_path / "artifacts", workers=1) as url:
         link = demo_link(store, url)
