@@ -26,7 +26,8 @@ UI_MAKE := make ui$(if $(filter-out 5000,$(UI_PORT)), UI_PORT=$(UI_PORT))
 # cna_tf/tracking.py runs_link). Keras' numpy backend: no TensorFlow start-up for a link.
 runs_url = KERAS_BACKEND=numpy $(PY) -m cna_tf.tracking url --experiment $(1) \
     --host 127.0.0.1 --port $(UI_PORT)
-# pytest-xdist processes for `make test`; --dist loadfile keeps a file's module fixtures in one.
+# pytest-xdist processes for `make test`; --dist loadfile keeps a file's module fixtures in one;
+# --no-loadscope-reorder keeps tests/conftest.py's order (the longest files first).
 TEST_WORKERS ?= 2
 # what `make test` / `make test-fast` run (a file or folder of tests)
 TESTS ?= tests
@@ -70,7 +71,8 @@ demo: $(STAMP)
 	@url=$$($(call runs_url,cna_tf-demo)) && echo "Browse the runs: $(UI_MAKE), then open $$url"
 
 # PARAMS: extra `-P name=value` for the step (e.g. PARAMS="-P quick=true"); BENCH_ARGS: for
-# every bench script (e.g. BENCH_ARGS=--quick, a smoke run).
+# every bench script (e.g. BENCH_ARGS=--quick: small sizes; --smoke: the smallest, each
+# measurement once, as tests/test_bench_smoke.py runs it).
 PARAMS ?=
 BENCH_ARGS ?=
 
@@ -92,7 +94,8 @@ ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(UI_PORT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=15 $(TESTS)
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	    --durations=15 $(TESTS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow" $(TESTS)
