@@ -54,6 +54,7 @@ def main() -> None:
                           "vectorized_s": vec, "loop_s": loop, "speedup": loop / vec,
                           "float32_10k_s": t_float, "target": ">= 20x",
                           "met": loop / vec >= 20, "quick": args.quick,
+                          "smoke": args.smoke,
                           "load_before": load_before, "load_after": load()}, out=args.out)
     print(f"wrote {path}")
 

@@ -106,16 +106,17 @@ def preprocess(raw):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=None, help="training inputs (60,000; quick 6,000)")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs per fit (6; quick 4)")
+    ap.add_argument("--n", type=int, default=None,
+                    help="training inputs (60,000; quick 6,000; smoke 1,200)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per fit (6; quick 4; smoke 3)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds of fits (2; quick 1)")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--no-mlflow", action="store_true", help="skip the local MLflow store case")
     add_common_args(ap)
     args = ap.parse_args()
-    q = args.quick
-    n = args.n or (6_000 if q else 60_000)
-    epochs = args.epochs or (4 if q else 6)
+    q, smoke = args.quick, args.smoke
+    n = args.n or (1_200 if smoke else 6_000 if q else 60_000)
+    epochs = args.epochs or (3 if smoke else 4 if q else 6)
     rounds = args.rounds or (1 if q else 2)
     if epochs < 3:
         ap.error("--epochs must be >= 3 (first and last epochs hold the snapshots)")
@@ -182,10 +183,10 @@ def main() -> None:
     # The light measurement as the callback runs it, interleaved with the way it ran before
     # (probe.layer_sums = model.predict per split), on the same callback.
     t = interleaved({"light": cb._light, "light_via_predict": lambda: light_via_predict(cb)},
-                    repeats=3 if q else 7)
+                    repeats=1 if smoke else 3 if q else 7)
     light, light_old = t["light"], t["light_via_predict"]
     full = []
-    for _ in range(2 if q else 3):
+    for _ in range(1 if smoke else 2 if q else 3):
         t0 = time.perf_counter()
         cb._full()
         full.append(time.perf_counter() - t0)
@@ -253,6 +254,7 @@ def main() -> None:
         "final_epoch_extra_s": last_epoch_extra,
         "full_snapshot_share_amortized": snapshot_s / cb.full_every / plain,
         "target": "overhead <= 5 %", "met": met, "met_in_fit": met_in_fit, "quick": q,
+        "smoke": smoke,
         "load_before": load_before, "load_after": load()}, out=args.out)
     tmp.cleanup()
     print(f"wrote {path}")

@@ -110,12 +110,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default=None,
                     help="training-set sizes, comma-separated (default 60000,600000; "
-                         "quick 6000,30000)")
+                         "quick 6000,30000; smoke 1200,6000)")
     from common import parse_args
     args = parse_args(ap, worker=mem_worker)
     from common import load, machine, save, table
     q = args.quick
-    sizes = [int(v) for v in (args.n or ("6000,30000" if q else "60000,600000")).split(",")]
+    sizes = [int(v) for v in (args.n or ("1200,6000" if args.smoke else "6000,30000" if q
+                                         else "60000,600000")).split(",")]
     load_before = load()
     runs = [mem_case(n, max(n // 60, 100)) for n in sizes]
     rows = [[r["n"], r["n_test"], r["raw_train_mb"], r["plain"]["peak_above_mb"],
@@ -138,7 +139,8 @@ def main() -> None:
         "machine": machine(), "runs": runs, "bytes_per_image_growth": growth,
         "extra_fraction_of_raw": hi["extra_fraction_of_raw"],
         "target": "extra peak <= 5 % of the raw training array + 200 MB", "met": met,
-        "quick": q, "load_before": load_before, "load_after": load()}, out=args.out)
+        "quick": q, "smoke": args.smoke, "load_before": load_before, "load_after": load()},
+        out=args.out)
     print(f"wrote {path}")
 
 

@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="training epochs of the MNIST MLP")
     add_common_args(ap)
     args = ap.parse_args()
-    cases = [("digits", 30, 500 if args.quick else 1_000)]
+    cases = [("digits", 30, 200 if args.smoke else 500 if args.quick else 1_000)]
     if not args.quick:
         cases.append(("mnist", args.epochs, 5_000))
     load_before = load()
@@ -90,7 +90,8 @@ def main() -> None:
               "included); all three searches "
               f"{results[f'{name}/total_seconds']:.1f} s")
     path = save("flatness", {"machine": machine(), "results": results, "met": True,
-                             "quick": args.quick, "load_before": load_before,
+                             "quick": args.quick, "smoke": args.smoke,
+                             "load_before": load_before,
                              "load_after": load()}, out=args.out)
     print(f"wrote {path}")
 

@@ -5,6 +5,9 @@ throwaway sqlite store and backup folder, so nothing is resumed or skipped betwe
 worker counts alternate (1, 2, 1, 2, ...) so slow drift of a shared machine hits both alike.
 
 Run: .venv/bin/python bench/bench_grid.py [--config demo] [--rounds 1] [--quick] [--out DIR]
+
+``--smoke`` trains the config's first 2 cells shrunk (`SMOKE`: 1 epoch on 200 images): the
+same grid step and worker counts, in seconds.
 """
 from __future__ import annotations
 
@@ -24,6 +27,24 @@ sys.path.insert(0, str(HERE))
 from common import add_common_args, load, machine, median, save, table  # noqa: E402
 
 GRID = HERE.parent / "pipelines" / "grid.py"
+#: what ``--smoke`` changes in the config's defaults (sizes only)
+SMOKE = {"epochs": 1, "snapshot_every": 1, "n_train": 200, "n_test": 100, "max_samples": 100,
+         "save_model": False}
+
+
+def smoke_config(config: str, folder: str) -> str:
+    """``config`` with `SMOKE` in its defaults, written to ``folder``; its path."""
+    import yaml
+
+    sys.path.insert(0, str(HERE.parent / "pipelines"))
+    from cells import CONFIG_DIR
+
+    path = Path(config) if config.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{config}.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.setdefault("defaults", {}).update(SMOKE)
+    out = Path(folder) / path.name
+    out.write_text(yaml.safe_dump(data))
+    return str(out)
 
 
 def time_grid(config: str, workers: int, max_cells: int) -> dict:
@@ -59,9 +80,11 @@ def main() -> None:
     max_cells = args.max_cells if args.max_cells is not None else (2 if args.quick else 0)
     load_before = load()
     runs = []
+    smoke_dir = tempfile.TemporaryDirectory(prefix="cna_bench_grid_smoke_")
+    config = smoke_config(args.config, smoke_dir.name) if args.smoke else args.config
     for _ in range(args.rounds):
         for workers in (1, 2):
-            r = time_grid(args.config, workers, max_cells)
+            r = time_grid(config, workers, max_cells)
             print(f"workers {workers}: {r['seconds']:.1f} s ({r['finished']} cells finished, "
                   f"{r['failed']} failed)", flush=True)
             runs.append(r)
@@ -73,12 +96,15 @@ def main() -> None:
                 ["workers", "cells", "wall s (median)", "speed-up"]))
     print(f"2-worker speed-up {speedup:.2f}x on {os.cpu_count()} CPUs "
           f"(parallel efficiency {speedup / 2:.0%})")
+    smoke_dir.cleanup()
     path = save("grid", {"machine": machine(), "config": args.config, "max_cells": max_cells,
                          "cells": cells, "runs": runs, "seconds_1_worker": t1,
                          "seconds_2_workers": t2, "speedup": speedup,
                          "efficiency": speedup / 2, "met": all(r["failed"] == 0 for r in runs),
                          "target": "report the 1 vs 2 worker ratio (no numeric target)",
-                         "quick": args.quick, "load_before": load_before,
+                         "quick": args.quick, "smoke": args.smoke,
+                         "smoke_defaults": SMOKE if args.smoke else None,
+                         "load_before": load_before,
                          "load_after": load()}, out=args.out)
     print(f"wrote {path}")
 

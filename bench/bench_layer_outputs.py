@@ -91,7 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     from common import load, machine, save, table
     q = args.quick
-    repeats = 2 if q and args.repeats == 5 else args.repeats
+    repeats = (1 if args.smoke else 2 if q else 5) if args.repeats == 5 else args.repeats
     load_before = load()
     cases = [case("mlp", args.mlp_n or (300 if q else 2_000), args.batch_size, repeats),
              case("resnet18", args.resnet_n or (32 if q else 500), args.batch_size, repeats)]
@@ -106,7 +106,8 @@ def main() -> None:
     print(f"layer_outputs at least as fast as per-layer sub-models: {'yes' if met else 'NO'}")
     path = save("layer_outputs", {"machine": machine(), "cases": cases,
                                   "target": "per-layer sub-models / layer_outputs >= 1",
-                                  "met": met, "quick": q, "load_before": load_before,
+                                  "met": met, "quick": q, "smoke": args.smoke,
+                                  "load_before": load_before,
                                   "load_after": load()}, out=args.out)
     print(f"wrote {path}")
 

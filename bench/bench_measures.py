@@ -86,7 +86,8 @@ def main() -> None:
           f"{'met' if met else 'MISSED'}")
     path = save("measures", {"machine": machine(), "n": n, "repeats": repeats,
                              "results": results, "cna_area_s": worst, "target": "<= 0.5 s",
-                             "met": met, "quick": args.quick, "load_before": load_before,
+                             "met": met, "quick": args.quick, "smoke": args.smoke,
+                             "load_before": load_before,
                              "load_after": load()}, out=args.out)
     print(f"wrote {path}")
 

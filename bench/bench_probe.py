@@ -179,12 +179,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="MLP repeats (ResNet-18: half, >= 3)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--sweep", default=None,
-                    help="batch sizes of the sweep (default 64,...,2048; quick 64,256,2048)")
+                    help="batch sizes of the sweep (default 64,...,2048; quick 64,256,2048; "
+                    "smoke 64,2048)")
     ap.add_argument("--width", type=float, default=1.0, help="ResNet-18 width multiplier")
-    ap.add_argument("--mlp-n", type=int, default=None, help="default 10,000 (quick 2,000)")
-    ap.add_argument("--resnet-n", type=int, default=None, help="default 2,000 (quick 100)")
+    ap.add_argument("--mlp-n", type=int, default=None,
+                    help="default 10,000 (quick 2,000; smoke 500)")
+    ap.add_argument("--resnet-n", type=int, default=None,
+                    help="default 2,000 (quick 100; smoke 16)")
     ap.add_argument("--mem-n", default=None,
-                    help="MLP sizes of the memory runs (default 2000,8000; quick 500,2000)")
+                    help="MLP sizes of the memory runs (default 2000,8000; quick 500,2000; "
+                    "smoke 200,800)")
     ap.add_argument("--mem-resnet-n", default=None,
                     help="ResNet-18 sizes of the memory runs (default 250,1000; quick: none)")
     ap.add_argument("--usual-max-gb", type=float, default=2.0,
@@ -192,17 +196,18 @@ def main() -> None:
     from common import parse_args
     args = parse_args(ap, worker=mem_worker)
     from common import load, machine, save, table
-    q = args.quick
-    n_mlp = args.mlp_n or (2_000 if q else 10_000)
-    n_res = args.resnet_n or (100 if q else 2_000)
-    mem_n = [int(v) for v in (args.mem_n or ("500,2000" if q else "2000,8000")).split(",")]
+    q, smoke = args.quick, args.smoke
+    n_mlp = args.mlp_n or (500 if smoke else 2_000 if q else 10_000)
+    n_res = args.resnet_n or (16 if smoke else 100 if q else 2_000)
+    mem_n = [int(v) for v in (args.mem_n or ("200,800" if smoke else "500,2000" if q
+                                             else "2000,8000")).split(",")]
     mem_res = [int(v) for v in (args.mem_resnet_n or ("" if q else "250,1000")).split(",") if v]
-    repeats = 2 if q and args.repeats == 5 else args.repeats
+    repeats = (1 if smoke else 2 if q else 5) if args.repeats == 5 else args.repeats
     load_before = load()
 
     cases = [time_case("mlp", 1.0, n_mlp, args.batch_size, repeats, args.usual_max_gb),
              time_case("resnet18", args.width, n_res, args.batch_size,
-                       max(2 if q else 3, repeats // 2),
+                       max(1 if smoke else 2 if q else 3, repeats // 2),
                        args.usual_max_gb)]
     rows = [[c["case"], c["n"], c["layers"], c["seconds"]["predict"], c["seconds"]["probe"],
              c["ratio_probe_predict"], c["ratio_probe_predict_min"],
@@ -212,10 +217,11 @@ def main() -> None:
     print(table(rows, ["case", "n", "L", "predict s", "probe s", "probe/predict",
                        "(fastest)", "(paired)", "(CPU s)", "n usual", "usual s",
                        "usual/predict", "(CPU s)"]))
-    sizes = [int(v) for v in (args.sweep or ("64,256,2048" if q else
+    sizes = [int(v) for v in (args.sweep or ("64,2048" if smoke else "64,256,2048" if q else
                                              ",".join(map(str, SWEEP)))).split(",")]
     sweep = (batch_sweep("mlp3072", 1.0, n_mlp, sizes, repeats)
-             + batch_sweep("resnet18", args.width, n_res, sizes, max(2 if q else 3, repeats // 2)))
+             + batch_sweep("resnet18", args.width, n_res, sizes,
+                           max(1 if smoke else 2 if q else 3, repeats // 2)))
     print(table([[r["case"], r["n"], r["batch_size"], r["predict_s"], r["probe_s"],
                   r["ratio_median"], r["ratio_fastest"], r["ratio_cpu"]] for r in sweep],
                 ["case", "n", "batch", "predict s", "probe s", "probe/predict (median)",
@@ -265,7 +271,8 @@ def main() -> None:
                           "memory_growth": growth, "batch_sweep": sweep,
                           "target": "probe/predict <= 1.05 (median) at batch sizes 64..2048",
                           "met": met, "met_fastest": met_fastest, "met_cpu": met_cpu,
-                          "quick": q, "load_before": load_before, "load_after": load()},
+                          "quick": q, "smoke": smoke, "load_before": load_before,
+                          "load_after": load()},
                 out=args.out)
     print(f"wrote {path}")
 

@@ -48,11 +48,11 @@ def gap_study_shape(seeds: int = 3, measures: int = 15, seed: int = 0):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=None, help="default 20 (quick 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="default 20 (quick 3; smoke 1)")
     add_common_args(ap)
     args = ap.parse_args()
-    repeats = args.repeats or (3 if args.quick else 20)
-    replicates = 100 if args.quick else 1000
+    repeats = args.repeats or (1 if args.smoke else 3 if args.quick else 20)
+    replicates = 20 if args.smoke else 100 if args.quick else 1000
     load_before = load()
     measures, gap, hp = gap_study_shape()
     t = interleaved({
@@ -77,7 +77,8 @@ def main() -> None:
                             "replicates": replicates, "repeats": repeats, "results": results,
                             "sign_errors_s": s, "ratio_to_bootstrap": ratio,
                             "target": "<= 0.5 s", "met": met, "quick": args.quick,
-                            "load_before": load_before, "load_after": load()}, out=args.out)
+                            "smoke": args.smoke, "load_before": load_before,
+                            "load_after": load()}, out=args.out)
     print(f"wrote {path}")
 
 

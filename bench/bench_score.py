@@ -144,7 +144,8 @@ def main() -> None:
           f"{len(cells)} networks); model.predict on the training set {predict:.3f} s; ratio "
           f"{per_net / predict:.1f}x; target < {TARGET_S:g} s: "
           f"{'met' if per_net < TARGET_S else 'NOT met'}")
-    path = save("score", {"machine": machine(), "quick": args.quick, "rounds": rounds,
+    path = save("score", {"machine": machine(), "quick": args.quick,
+                          "smoke": args.smoke, "rounds": rounds,
                           "networks": len(cells), "overhead_per_network_s": per_net,
                           "overhead_rounds_s": steps,
                           "cpu_per_network_s": per_net_cpu, "predict_per_network_s": predict,

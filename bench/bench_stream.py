@@ -106,13 +106,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default=None,
                     help="training-stream sizes, comma-separated (default 60000,600000; "
-                         "quick 1200,6000)")
+                         "quick 1200,6000; smoke 600,1200)")
     ap.add_argument("--batch-size", type=int, default=1000)
     from common import parse_args
     args = parse_args(ap, worker=mem_worker)
     from common import load, machine, save, table
     q = args.quick
-    sizes = [int(v) for v in (args.n or ("1200,6000" if q else "60000,600000")).split(",")]
+    sizes = [int(v) for v in (args.n or ("600,1200" if args.smoke else "1200,6000" if q
+                                         else "60000,600000")).split(",")]
     load_before = load()
     runs = [mem_case(n, args.batch_size) for n in sizes]
     rows = [[r["n"], r["n_test"], r["batch_size"], r["dataset_uint8_mb"], r["rss_before_mb"],
@@ -133,7 +134,8 @@ def main() -> None:
     path = save("stream", {"machine": machine(), "runs": runs, "bytes_per_image_growth": per_image,
                            "peak_fraction_of_dataset": ratio,
                            "target": "peak above baseline <= 5 % of the uint8 dataset",
-                           "met": met, "quick": q, "load_before": load_before,
+                           "met": met, "quick": q, "smoke": args.smoke,
+                           "load_before": load_before,
                            "load_after": load()}, out=args.out)
     print(f"wrote {path}")
 

@@ -1,6 +1,7 @@
 """Shared helpers of the bench/ scripts: timing in one process, machine description, results."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -87,9 +88,23 @@ def _status_kb(key: str) -> float:
     return 0.0
 
 
+class _Smoke(argparse.Action):
+    """``--smoke``: ``--quick`` with the smallest sizes (sets both flags)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.smoke = namespace.quick = True
+
+
 def add_common_args(ap) -> None:
-    """``--quick`` (small sizes, a smoke run) and ``--out`` (results folder) of every script."""
-    ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    """``--quick`` (small sizes), ``--smoke`` and ``--out`` (results folder) of every script.
+
+    ``--smoke`` is ``--quick`` at the smallest sizes that still run every measurement once
+    (tests/test_bench_smoke.py runs `make bench` with it): its figures say nothing about
+    performance. A script without a smaller size than ``--quick``'s runs ``--quick``'s.
+    """
+    ap.add_argument("--quick", action="store_true", help="small sizes")
+    ap.add_argument("--smoke", action=_Smoke, nargs=0, default=False,
+                    help="--quick at the smallest sizes: every measurement once, for tests")
     ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS})")
 
 
@@ -121,7 +136,6 @@ def parse_args(ap, worker: Optional[Callable[..., object]] = None):
     started as ``--mem-worker JSON``, it runs ``worker(*JSON)``, prints the result as JSON and
     exits, so the measurement happens in a process of its own.
     """
-    import argparse
     import sys
 
     add_common_args(ap)

@@ -1,8 +1,10 @@
-"""`make bench` as documented, at --quick sizes: every bench/ script runs and writes its JSON.
+"""`make bench` as documented, at --smoke sizes: every bench/ script runs and writes its JSON.
 
-One run of the make target (``make bench BENCH_ARGS="--quick --out DIR"``, the documented
+One run of the make target (``make bench BENCH_ARGS="--smoke --out DIR"``, the documented
 command with size arguments; tests/test_docs.py counts it as run here) feeds every test below:
-each checks its script's JSON. No time limits are asserted: timings on a shared machine say
+each checks its script's JSON. ``--smoke`` is ``--quick`` at the smallest sizes that still run
+each measurement once (bench/common.py; a script with no smaller size runs ``--quick``'s, as
+bench_alpha does). No time limits are asserted: timings on a shared machine say
 nothing about correctness. The numbers' targets are checked by reading bench/results and
 docs/performance.md, not here.
 """
@@ -24,11 +26,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
-    """``make bench BENCH_ARGS="--quick --out DIR"`` once: (DIR, its output)."""
+    """``make bench BENCH_ARGS="--smoke --out DIR"`` once: (DIR, its output)."""
     out = tmp_path_factory.mktemp("bench")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MLFLOW_ENABLE_ASYNC_LOGGING="false",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run(["make", "bench", f"BENCH_ARGS=--quick --out {out}"], cwd=ROOT,
+    proc = subprocess.run(["make", "bench", f"BENCH_ARGS=--smoke --out {out}"], cwd=ROOT,
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     return out, proc.stdout
@@ -52,7 +54,7 @@ def run_bench(script: str, bench_run) -> dict:
     files = [f for f in out.glob(f"{name}_*.json") if "_" not in f.stem[len(name) + 1:]]
     assert len(files) == 1, (files, log[-2000:])
     data = json.loads(files[0].read_text())
-    assert data["quick"] is True
+    assert data["quick"] is True and data["smoke"] is True
     assert {"platform", "python", "cpus", "keras", "backend"} <= set(data["machine"])
     assert isinstance(data["met"], bool)
     return data
@@ -113,7 +115,7 @@ def test_bench_callback(bench_run):
 
 def test_bench_callback_memory(bench_run):
     d = run_bench("bench_callback_memory.py", bench_run)
-    assert [r["n"] for r in d["runs"]] == [6000, 30000]
+    assert [r["n"] for r in d["runs"]] == [1200, 6000]
     for r in d["runs"]:
         assert r["raw_train_mb"] == pytest.approx(r["n"] * 3072 / 2**20)
         assert positive(r["plain"]["peak_rss_mb"], r["callback"]["peak_rss_mb"],
@@ -136,7 +138,7 @@ def test_bench_grid(bench_run):
 
 def test_bench_stream(bench_run):
     d = run_bench("bench_stream.py", bench_run)
-    assert [r["n"] for r in d["runs"]] == [1200, 6000]
+    assert [r["n"] for r in d["runs"]] == [600, 1200]
     for r in d["runs"]:
         assert positive(r["rss_before_mb"], r["peak_rss_mb"], r["seconds"], r["batch_size"])
         assert r["peak_rss_mb"] >= r["rss_before_mb"]

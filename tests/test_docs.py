@@ -64,7 +64,7 @@ CI = ("make test", "make demo")
 ELSEWHERE: Dict[str, str] = {
     ".venv/bin/python examples/keras_mnist_convnet.py":
         "tests/test_docs_keras.py::test_the_documented_command_runs_the_example",
-    # with BENCH_ARGS="--quick --out DIR"; each script's JSON is checked there
+    # with BENCH_ARGS="--smoke --out DIR"; each script's JSON is checked there
     "make bench": "tests/test_bench_smoke.py::test_make_bench_runs_every_script",
     # with an empty HOME: the paper's data is missing, the plan says so
     "mlflow run . --env-manager local -e grid -P config=paper -P dry_run=true":
