@@ -374,9 +374,9 @@ def add_intervals(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]],
     per run, as for CMI), the hyperparameters the axes that vary among them, the replicate
     axis ``seed``. Adds to every row of a gap ``boot_n`` (networks), ``boot_mode`` (``seed``
     or ``pool``), ``<stat>_point`` / ``<stat>_low`` / ``<stat>_high`` for Pearson, Kendall,
-    granulated Kendall and CMI (in seed mode the points of Ψ and CMI are their means over the
-    replicates, SPEC §9) and
-    ``boot_note``. Rows of other targets are left as they are.
+    granulated Kendall and CMI (every point is its mean over the replicates, SPEC §9; the
+    row's ``pearson`` / ``kendall`` / ``granulated_kendall`` / ``cmi`` stay the values on all
+    instances) and ``boot_note``. Rows of other targets are left as they are.
 
     Returns:
         ``(scope, target) -> cna_tf.ranking.BootstrapResult`` (with its paired fractions).
@@ -603,13 +603,14 @@ def interval_markdown(result, target: str, scope: str = "All Nets",
     lines = [f"Seed-bootstrap intervals of the correlation with `{target}` in {scope} "
              f"({result.size} networks per replicate, {result.replicates} replicates, {pct} "
              "percentile intervals, SPEC §9; "
-             + ("Ψ's and CMI's points are their means over the replicates)"
-                if result.mode == "seed" else "CMI's point is its mean over the replicates)"),
-             ""]
+             + ("every point is its mean over the replicates, one network per combination"
+                if result.mode == "seed" else
+                "every point is its mean over the resamples of the networks with replacement")
+             + f"; the values on all networks are in \"Correlation with `{target}`\")", ""]
     if result.mode == "pool":
         lines += ["No seed axis: not every combination of the other hyperparameters was trained "
-                  "with two or more seeds, so the networks are resampled as a pool and CMI has "
-                  "no interval.", ""]
+                  "with two or more seeds, so the networks are resampled as a pool and CMI "
+                  "(one network per combination) has neither point nor interval.", ""]
     lines += ["| rank | metric | " + " | ".join(h for _, h in INTERVAL_STATS) + " |",
               "|---|---|" + "---|" * len(INTERVAL_STATS)]
     for rank, (metric, stats_) in enumerate(sorted(result.items(), key=key), 1):
