@@ -51,6 +51,7 @@ from typing import Any, Dict, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cells import ALL_PARAMS, AXES  # noqa: E402
+from experiment import find_experiment  # noqa: E402
 from params import declared, log_launch, log_resolved, parse_bool, read_params  # noqa: E402
 
 from cna_tf.ranking import ALL_NETS  # noqa: E402
@@ -374,9 +375,9 @@ def add_intervals(rows: List[Dict[str, Any]], instances: List[Dict[str, Any]],
     per run, as for CMI), the hyperparameters the axes that vary among them, the replicate
     axis ``seed``. Adds to every row of a gap ``boot_n`` (networks), ``boot_mode`` (``seed``
     or ``pool``), ``<stat>_point`` / ``<stat>_low`` / ``<stat>_high`` for Pearson, Kendall,
-    granulated Kendall and CMI (in seed mode the points of Ψ and CMI are their means over the
-    replicates, SPEC §9) and
-    ``boot_note``. Rows of other targets are left as they are.
+    granulated Kendall and CMI (every point is its mean over the replicates, SPEC §9; the
+    row's ``pearson`` / ``kendall`` / ``granulated_kendall`` / ``cmi`` stay the values on all
+    instances) and ``boot_note``. Rows of other targets are left as they are.
 
     Returns:
         ``(scope, target) -> cna_tf.ranking.BootstrapResult`` (with its paired fractions).
@@ -603,13 +604,14 @@ def interval_markdown(result, target: str, scope: str = "All Nets",
     lines = [f"Seed-bootstrap intervals of the correlation with `{target}` in {scope} "
              f"({result.size} networks per replicate, {result.replicates} replicates, {pct} "
              "percentile intervals, SPEC §9; "
-             + ("Ψ's and CMI's points are their means over the replicates)"
-                if result.mode == "seed" else "CMI's point is its mean over the replicates)"),
-             ""]
+             + ("every point is its mean over the replicates, one network per combination"
+                if result.mode == "seed" else
+                "every point is its mean over the resamples of the networks with replacement")
+             + f"; the values on all networks are in \"Correlation with `{target}`\")", ""]
     if result.mode == "pool":
         lines += ["No seed axis: not every combination of the other hyperparameters was trained "
-                  "with two or more seeds, so the networks are resampled as a pool and CMI has "
-                  "no interval.", ""]
+                  "with two or more seeds, so the networks are resampled as a pool and CMI "
+                  "(one network per combination) has neither point nor interval.", ""]
     lines += ["| rank | metric | " + " | ".join(h for _, h in INTERVAL_STATS) + " |",
               "|---|---|" + "---|" * len(INTERVAL_STATS)]
     for rank, (metric, stats_) in enumerate(sorted(result.items(), key=key), 1):
@@ -676,42 +678,16 @@ def accuracy_figure(instances: List[Dict[str, Any]], cna_key: str = "cna_test"):
                                  title=f"{cna_key} vs test accuracy (Fig. 7)")
 
 
-def _launched_in():
-    """The experiment `mlflow run` started this step's run in, unless it is the Default one
-    (``mlflow run . -e compare`` with no ``--experiment-name``); None otherwise."""
-    import mlflow
-
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not run_id:
-        return None
-    client = mlflow.MlflowClient()
-    try:
-        exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
-    except Exception:  # a run id from another store: not ours to read
-        return None
-    return None if exp.name == "Default" else exp
-
-
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     import mlflow
 
     args = parse_args(argv)
     client = mlflow.MlflowClient()
     grid_id = args.grid_run_id
-    launched_in = None if args.experiment or grid_id else _launched_in()
-    if args.experiment:
-        exp = client.get_experiment_by_name(args.experiment)
-        if exp is None:
-            sys.exit(f"experiment {args.experiment!r} not found in {mlflow.get_tracking_uri()}")
-    elif grid_id:
+    if grid_id and not args.experiment:
         exp = client.get_experiment(client.get_run(grid_id).info.experiment_id)
-    elif launched_in is not None:  # `mlflow run -e compare --experiment-name NAME`
-        exp = launched_in
     else:
-        exp = client.get_experiment_by_name("cna_tf-demo")
-        if exp is None:
-            sys.exit("no experiment given and no cna_tf-demo experiment: run the grid first or "
-                     "pass --experiment / --grid_run_id")
+        exp = find_experiment("compare", args.experiment, client)
     all_runs = args.all_runs
     if not grid_id and not all_runs:
         grids = client.search_runs([exp.experiment_id], f"tags.`{TAG}role` = 'grid'",

@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cells import ALL_PARAMS, normalize  # noqa: E402
+from experiment import find_experiment  # noqa: E402
 from params import declared, log_launch, log_resolved, parse_bool  # noqa: E402
 
 from cna_tf import scoring  # noqa: E402
@@ -61,24 +62,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--force", type=parse_bool, default=False,
                     help="true: score networks already scored by the same spec and file again")
     return ap.parse_args(argv)
-
-
-def _experiment(client, name: str):
-    """The experiment to score, as `compare` finds it."""
-    import mlflow
-
-    from compare import _launched_in
-
-    if name:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            sys.exit(f"score: experiment {name!r} not found in {mlflow.get_tracking_uri()}")
-        return exp
-    exp = _launched_in() or client.get_experiment_by_name("cna_tf-demo")
-    if exp is None:
-        sys.exit("score: no experiment given and no cna_tf-demo experiment: run `make demo` "
-                 "first or pass -P experiment=NAME")
-    return exp
 
 
 def final_step(client, run) -> int:
@@ -200,7 +183,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         sys.exit(f"score: {name!r} is a built-in measure's metric; give your measure another "
                  "name: -P name=...")
     client = mlflow.MlflowClient()
-    exp = _experiment(client, args.experiment)
+    exp = find_experiment("score", args.experiment, client)
     runs = sorted(find_runs(client, [exp.experiment_id]),
                   key=lambda r: (r.info.run_name or "", r.info.start_time or 0, r.info.run_id))
     if not runs:

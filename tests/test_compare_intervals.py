@@ -77,9 +77,16 @@ def test_compare_reports_seed_bootstrap_intervals(store, tmp_path, capsys):
         assert (r[f"{stat}_point"], r[f"{stat}_low"], r[f"{stat}_high"]) == \
             pytest.approx((point, low, high))
         assert low <= high
+        assert low <= r[f"{stat}_point"] <= high   # the point is the replicates' mean
+    # the value on all 36 networks stays in the row (the first table's), not in the interval's
+    assert r["kendall"] == pytest.approx(ranking.kendall([i["cna_margin"] for i in nets],
+                                                         [i["gen_gap"] for i in nets]))
+    assert r["kendall"] != pytest.approx(r["kendall_point"])
     assert r["kendall_low"] > 0.5 and got[("All Nets", "l2", "gen_gap")]["kendall_low"] < 0
     # the printed table: CNA-M first by CMI, with its interval, and its paired fractions
     assert "Seed-bootstrap intervals of the correlation with `gen_gap` in All Nets" in out
+    assert ("every point is its mean over the replicates, one network per combination; the "
+            "values on all networks are in \"Correlation with `gen_gap`\")") in out
     line = next(ln for ln in out.splitlines() if ln.startswith("| 1 | "))
     assert line.startswith("| 1 | cna_margin | ") and " [" in line
     assert "No seed axis" not in out
@@ -118,6 +125,8 @@ def test_compare_without_a_seed_axis_says_so_in_one_line(store, capsys):
     rows = compare_step.main(["--experiment", "one-seed", "--replicates", "100"])
     out = capsys.readouterr().out
     assert sum("No seed axis" in ln for ln in out.splitlines()) == 2   # gen_gap, loss_gap
+    assert sum("every point is its mean over the resamples of the networks with replacement"
+               in ln for ln in out.splitlines()) == 2             # the pool's title says so
     r = next(r for r in rows if (r["scope"], r["metric"], r["target"]) ==
              ("All Nets", "cna_margin", "gen_gap"))
     assert r["boot_mode"] == "pool"

@@ -291,6 +291,60 @@ def test_an_interrupted_download_keeps_nothing(origin, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_a_download_killed_outright_is_cleaned_up_by_the_next_fetch(origin, monkeypatch, rng,
+                                                                     tmp_path, capsys):
+    """A real SIGKILL while the body is half sent leaves the hidden .part file (no handler can
+    run); the next fetch of that file removes it, says so, and downloads the file whole."""
+    files, expected = make_dataset("fashion_mnist", rng)
+    name = "train-images-idx3-ubyte.gz"
+    origin.files[name] = files[name] + os.urandom(200_000)   # big enough to stall half-way
+    origin.stall.add(name)
+    env = dict(os.environ, KERAS_BACKEND="numpy", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "cna_tf.data.fetch", "fashion_mnist"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    keras = tmp_path / "keras_home"
+    try:
+        while not [p for p in keras.rglob("*.part") if p.stat().st_size > 0]:
+            assert proc.poll() is None, "the fetch ended before the body was half sent"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (part,) = [p for p in keras.rglob("*.part")]
+    assert part.name == f".{name}.{proc.pid}.part" and proc.returncode == -signal.SIGKILL
+    origin.stall.clear()
+    origin.release.set()
+    serve(origin, monkeypatch, "fashion_mnist", files)
+    capsys.readouterr()
+    assert fetch.main(["fashion_mnist"]) == 0
+    err = capsys.readouterr().err
+    assert f"removed {part} (" in err and f"an earlier download of {name} was killed" in err
+    assert not part.exists() and not [f for f in leftovers(tmp_path) if f.endswith(".part")]
+    np.testing.assert_array_equal(D.load("fashion_mnist").x_train.reshape(expected[0].shape),
+                                  expected[0])
+
+
+def test_a_part_file_of_a_running_download_is_left_alone(tmp_path):
+    """Another fetch still writing its .part file (its process alive) keeps it; a dead
+    process's or an unnamed one's goes."""
+    dest = tmp_path / "blob.bin"
+    mine = tmp_path / f".blob.bin.{os.getppid()}.part"          # a live process: the parent
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".blob.bin.{dead.pid}.part"
+    other = tmp_path / ".other.bin.1.part"                     # another file's: not ours
+    for p in (mine, stale, other):
+        p.write_bytes(b"x")
+    out = io.StringIO()
+    assert dl.remove_stale_parts(dest, out) == [stale]
+    assert mine.exists() and other.exists() and not stale.exists()
+    assert out.getvalue().startswith(f"removed {stale} (1 bytes): an earlier download")
+
+
 def test_progress_is_printed_as_percentages(origin, monkeypatch, tmp_path):
     body = os.urandom(10_000)
     origin.files["blob.bin"] = body

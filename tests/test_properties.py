@@ -189,3 +189,39 @@ def test_margins_of_probabilities_lie_in_minus_one_one(logits_labels, pct):
     np.testing.assert_array_equal((m > 0)[clear], (p[np.arange(len(y)), y] == top)[clear])
     g = measures.margin(p, y, percentile=pct)
     assert m.min() - 1e-15 <= g <= m.max() + 1e-15
+
+
+# -- the seed bootstrap (SPEC §9 amended, issue 36): every point inside its own interval ---------
+
+boot_grids = st.fixed_dictionaries({
+    "shape": st.tuples(st.integers(2, 4), st.integers(1, 3), st.integers(1, 2)),
+    "seeds": st.integers(1, 3),            # 1: zero-width intervals (one network per combination)
+    "signal": st.floats(-2.0, 2.0),        # how strongly the measure follows the gap
+    "holes": st.booleans(),                # a NaN measure on one network
+    "pool": st.booleans(),                 # resampled with replacement instead of by seed
+    "seed": seeds})
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(boot_grids)
+def test_every_bootstrap_point_is_its_replicates_mean_and_inside_its_interval(g):
+    from cna_tf.ranking import bootstrap
+
+    a, b, c = g["shape"]
+    combos = [(i, j, k, s) for i in range(a) for j in range(b) for k in range(c)
+              for s in range(g["seeds"])]
+    hp = {name: [row[d] for row in combos] for d, name in enumerate(("a", "b", "c", "seed"))}
+    rng = np.random.default_rng(g["seed"])
+    gap = np.array(hp["a"]) * 0.3 + rng.normal(size=len(combos))
+    x = g["signal"] * gap + rng.normal(size=len(combos))
+    if g["holes"]:
+        x[rng.integers(len(x))] = np.nan
+    res = bootstrap({"x": x}, gap, hp, replicates=200, seed=g["seed"] % 1000,
+                    replicate_axis=None if g["pool"] else "seed")
+    for stat, (point, low, high) in res["x"].items():
+        s = res.samples["x"][stat]
+        if not np.isfinite(s).any():
+            assert np.isnan(point) and np.isnan(low) and np.isnan(high)
+            continue
+        assert point == pytest.approx(np.nanmean(s), abs=1e-12)
+        assert low - 1e-12 <= point <= high + 1e-12, (stat, point, low, high)

@@ -1,6 +1,6 @@
 """Seed bootstrap of a ranking's scores (SPEC §9, issue 26 items 1 and 6): the replicates are
 complete grids, the vectorized statistics equal scipy's and the module's own functions on every
-replicate, points on all networks, coverage under independence, paired fractions, pool mode,
+replicate, every point the mean of its replicates (SPEC §9 amended, issue 36), coverage under independence, paired fractions, pool mode,
 determinism and bad input."""
 from __future__ import annotations
 
@@ -93,23 +93,23 @@ def test_pool_replicates_draw_n_of_n_with_replacement():
 
 # -- the vectorized statistics equal the module's functions and scipy ---------------------------
 
-def test_points_are_the_existing_functions_on_all_networks_psi_and_cmi_the_means(seeded):
+def test_every_point_is_the_mean_of_its_replicates_not_the_value_on_all_networks(seeded):
     hp, gap, measures, res = seeded
     axes = ["depth", "width", "lr"]
     for name, x in measures.items():
         p = {s: res[name][s][0] for s in STATISTICS}
-        assert _same(p["pearson"], pearson(x, gap), 0)
-        assert _same(p["kendall"], kendall(x, gap), 0)
-        # Ψ and CMI are defined on one network per combination: their points are the means
-        # over the replicates (SPEC §9), never Ψ of the 36 networks pooled
-        for stat in ("granulated_kendall", "cmi"):
+        # every statistic is defined on one network per combination in a replicate: its point
+        # is the mean over the replicates (SPEC §9), never its value on the 36 networks
+        for stat in STATISTICS:
             s = res.samples[name][stat]
             assert _same(p[stat], np.nanmean(s) if np.isfinite(s).any() else math.nan, 1e-12)
             low, high = res[name][stat][1:]
             assert math.isnan(p[stat]) or low - 1e-12 <= p[stat] <= high + 1e-12
-        pooled = granulated_kendall(_instances(hp, range(len(gap)), x, gap), "m", "g", axes)
-        if name == "noise":   # the pooled value is not what the point reports
+        if name == "noise":   # the value on all networks is not what the point reports
+            pooled = granulated_kendall(_instances(hp, range(len(gap)), x, gap), "m", "g", axes)
             assert not _same(p["granulated_kendall"], pooled["granulated_kendall"], 1e-6)
+            assert not _same(p["pearson"], pearson(x, gap), 1e-6)
+            assert not _same(p["kendall"], kendall(x, gap), 1e-6)
 
 
 def test_replicates_equal_scipy_and_the_module_functions(seeded):
@@ -234,8 +234,8 @@ def test_same_seed_same_result_other_seed_other_intervals(seeded):
             assert _same(again.samples[name][s], res.samples[name][s], 0)
     assert again.paired == res.paired and again.notes == res.notes
     assert any(other["noise"][s][1:] != res["noise"][s][1:] for s in STATISTICS)
-    # points on all networks do not depend on the draws; Ψ's and CMI's (means) do
-    assert all(other["noise"][s][0] == res["noise"][s][0] for s in ("pearson", "kendall"))
+    # the points are means over the draws: other draws, other points
+    assert all(other["noise"][s][0] != res["noise"][s][0] for s in STATISTICS)
 
 
 def test_level_sets_the_percentiles(seeded):
@@ -259,24 +259,16 @@ def test_pool_mode_without_a_seed_axis_has_no_cmi_interval_and_says_why():
     assert "resampled with replacement" in res.notes[0] and "'seed' is not among" in res.notes[0]
     assert "pool mode" in res.cmi_note and res.cmi_note in res.notes
     point, low, high = res["m"]["cmi"]
-    assert math.isnan(low) and math.isnan(high)
-    assert point == conditional_mutual_information(m, gap, hp)    # a complete grid: defined
+    assert math.isnan(point) and math.isnan(low) and math.isnan(high)   # NaN in every resample
+    assert np.isnan(res.samples["m"]["cmi"]).all()
+    assert "point and interval are NaN in pool mode" in res.cmi_note
     for s in ("pearson", "kendall", "granulated_kendall"):
         assert all(np.isfinite(res["m"][s]))
-    # a pool is not a grid of replicates: Ψ's point, like CMI's, is on the networks as given
+        # the point is the mean over the resamples (SPEC §9), also in a pool
+        assert res["m"][s][0] == pytest.approx(np.nanmean(res.samples["m"][s]), abs=1e-12)
     psi = granulated_kendall(_instances(hp, range(n), m, gap), "m", "g", ["a", "b", "c"])
-    assert res["m"]["granulated_kendall"][0] == psi["granulated_kendall"]
-    assert np.isnan(res.samples["m"]["cmi"]).all()
+    assert res["m"]["granulated_kendall"][0] != psi["granulated_kendall"]
     assert res.paired["cmi"] == {}                            # a single measure: no pairs
-
-
-def test_pool_mode_cmi_point_is_the_cmi_of_the_complete_grid():
-    rng = np.random.default_rng(1)
-    hp = _grid(a=[0, 1, 2], b=[0, 1], c=[0, 1, 2])
-    n = len(hp["a"])
-    gap, x = rng.normal(size=n), rng.normal(size=n)
-    res = bootstrap({"x": x}, gap, hp, replicates=10, replicate_axis=None)
-    assert res["x"]["cmi"][0] == conditional_mutual_information(x, gap, hp)
 
 
 def test_pool_mode_when_the_seed_does_not_vary_or_replicate_axis_is_none():

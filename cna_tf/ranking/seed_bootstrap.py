@@ -7,12 +7,10 @@ import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy import sparse, stats
+from scipy import sparse
 
-from cna_tf.ranking.cmi import (_entropy_bits, _mutual_information_bits,
-                                conditional_mutual_information, grid_codes)
-from cna_tf.ranking.correlations import (_key, _measure_matrix, granulated_kendall, kendall,
-                                         pearson)
+from cna_tf.ranking.cmi import _entropy_bits, _mutual_information_bits, grid_codes
+from cna_tf.ranking.correlations import _key, _measure_matrix
 
 STATISTICS = ("pearson", "kendall", "granulated_kendall", "cmi")
 _CHUNK_ELEMENTS = 1 << 21  # replicates are processed in chunks of about this many pair entries
@@ -174,6 +172,13 @@ def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
     total = np.where(ok, a, 0.0).sum(axis=axis)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), math.nan)
+
+
+def _mean(s: np.ndarray) -> float:
+    """The mean of the finite replicates (NaN when none is): measured from the first of them,
+    so replicates that all agree give exactly their value, never one rounding off it."""
+    ok = s[np.isfinite(s)]
+    return float(ok[0] + np.mean(ok - ok[0])) if len(ok) else math.nan
 
 
 class _Scorer:
@@ -339,25 +344,21 @@ def bootstrap(measures: Mapping[Any, Sequence[float]], gap: Sequence[float],
     networks with replacement. Every statistic of every measure is computed on the same
     replicates (common random numbers), which makes the paired fractions meaningful.
 
-    Statistics (over the finite (measure, gap) pairs; NaN where undefined):
+    Statistics (over the finite (measure, gap) pairs; NaN where undefined), each computed on
+    every replicate: ``pearson``, ``kendall`` (tau-b), ``granulated_kendall`` (Ψ, over the
+    varied hyperparameters other than the replicate axis, ``result.axes``) and ``cmi``
+    (:func:`conditional_mutual_information` over ``result.axes``: NaN, ``result.cmi_note`` says
+    why, with fewer than three such axes (with two, every bin holds one pair of networks), an
+    incomplete grid, or in pool mode, where a resample repeats networks).
 
-    * ``pearson``, ``kendall`` (tau-b): point on all networks as given (:func:`pearson`,
-      :func:`kendall`).
-    * ``granulated_kendall`` (Ψ): :func:`granulated_kendall` over the varied hyperparameters
-      other than the replicate axis (``result.axes``). Like CMI it is defined on a grid with
-      one network per combination, so in seed mode its point is the mean over the replicates
-      (SPEC §9: neither point can then fall outside its own interval); in pool mode it is Ψ
-      of all networks as given.
-    * ``cmi``: :func:`conditional_mutual_information` over ``result.axes``. It needs one
-      network per combination, so in seed mode the point is the mean over the replicates;
-      NaN (``result.cmi_note`` says why) with fewer than three such axes (with two, every
-      bin holds one pair of networks) or an incomplete grid.
-      In pool mode a resample repeats networks, so the interval is NaN; the point is the CMI
-      of all networks where they form a complete grid over ``result.axes``.
-
+    Every point is the mean of its statistic over the replicates, in both modes (SPEC §9,
+    amended): the point and its interval summarize the same draws, one network per combination
+    in seed mode. The value on all networks as given (:func:`pearson`, :func:`kendall`,
+    :func:`granulated_kendall`, :func:`conditional_mutual_information`) estimates another
+    quantity and is not returned here.
     The interval is the percentile interval (``np.nanpercentile``, linear) of the replicates
-    at ``level``; replicates where a statistic is undefined are left out (``result.notes``
-    counts them).
+    at ``level``; replicates where a statistic is undefined are left out of its point and
+    interval (``result.notes`` counts them).
 
     Args:
         measures: measure name -> its value for each network.
@@ -406,7 +407,8 @@ def bootstrap(measures: Mapping[Any, Sequence[float]], gap: Sequence[float],
     else:
         cmi_bins, cmi_note = None, ("a resample with replacement repeats networks, and CMI "
                                     "needs a complete grid with each combination once: its "
-                                    "interval is NaN in pool mode")
+                                    "point and interval are NaN in pool mode (the CMI of the "
+                                    "networks as given is conditional_mutual_information's)")
     if cmi_note:
         notes.append(cmi_note)
 
@@ -417,52 +419,24 @@ def bootstrap(measures: Mapping[Any, Sequence[float]], gap: Sequence[float],
     samples = {name: {stat: np.concatenate([p[stat][:, k] for p in parts])
                       for stat in STATISTICS} for k, name in enumerate(names)}
 
-    # points: Pearson and Kendall on all networks as given; Ψ and CMI below
-    instances: List[Dict[Any, Any]] = []
-    for i in range(n):
-        inst: Dict[Any, Any] = {a: plan.values[a][i] for a in plan.axes}
-        inst[("gap",)] = g[i]
-        instances.append(inst)
-    pool_cmi_hparams = None
-    if plan.mode == "pool":
-        if len(plan.axes) < 3:
-            notes.append(f"CMI's point is NaN: the networks vary {len(plan.axes)} "
-                         f"hyperparameter(s) {plan.axes}; {_CMI_AXES}")
-        else:
-            try:
-                grid_codes({a: plan.values[a] for a in plan.axes}, n)
-                pool_cmi_hparams = {a: plan.values[a] for a in plan.axes}
-            except ValueError as e:
-                notes.append(f"CMI's point is NaN: {e}")
+    # every point is its replicates' mean (SPEC §9): inside the range of what it summarizes
     lo_q, hi_q = 50.0 * (1.0 - level), 50.0 * (1.0 + level)
     result = BootstrapResult()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)       # all-NaN slices -> NaN
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        for k, name in enumerate(names):
-            for inst, v in zip(instances, x[:, k]):
-                inst[("measure",)] = v
-            points = {"pearson": pearson(x[:, k], g), "kendall": kendall(x[:, k], g)}
-            if plan.mode == "seed":   # Ψ and CMI: one network per combination (SPEC §9)
-                points["granulated_kendall"] = float(
-                    _nanmean(samples[name]["granulated_kendall"], axis=0))
-                points["cmi"] = float(_nanmean(samples[name]["cmi"], axis=0))
-            else:   # a pool: the networks as given
-                points["granulated_kendall"] = granulated_kendall(
-                    instances, ("measure",), ("gap",), plan.axes)["granulated_kendall"]
-                points["cmi"] = (math.nan if pool_cmi_hparams is None else
-                                 conditional_mutual_information(x[:, k], g, pool_cmi_hparams))
+        for name in names:
             row = {}
             for stat in STATISTICS:
                 s = samples[name][stat]
                 low, high = np.nanpercentile(s, [lo_q, hi_q])
-                row[stat] = (float(points[stat]), float(low), float(high))
+                row[stat] = (_mean(s), float(low), float(high))
                 bad = int(np.isnan(s).sum())
                 if bad and not (stat == "cmi" and cmi_note):
                     why = ("a NaN value of the measure or the gap, or the gap sign constant "
                            "within every bin" if stat == "cmi" else "a constant side")
                     notes.append(f"{stat} of {name!r} is undefined ({why}) in {bad} of "
-                                 f"{replicates} replicates; they are left out of its interval")
+                                 f"{replicates} replicates; they are left out of its point and "
+                                 "interval")
             result[name] = row
     result.mode, result.replicate_axis, result.replicates = plan.mode, plan.axis, replicates
     result.level, result.seed, result.size, result.axes = level, seed, plan.size, list(plan.axes)
