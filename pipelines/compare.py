@@ -50,6 +50,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import families  # noqa: E402
 from cells import ALL_PARAMS, AXES  # noqa: E402
 from params import declared, log_launch, log_resolved, parse_bool, read_params  # noqa: E402
 
@@ -64,7 +65,10 @@ METRICS = ("cna_area", "cna_margin", "l2", "l2_path", "spectral", "bound_2018", 
 FLATNESS = ("pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_mag_flatness")
 TARGETS = ("gen_gap", "loss_gap")
 EXTRA_TARGETS = {"cna_train": ["test_acc"], "cna_test": ["test_acc"]}
-READ = METRICS + FLATNESS + TARGETS + ("test_acc", "train_acc")
+# SPEC §12's suite and optimization-based measures (train -P suite=all|cheap), by family
+SUITE = tuple(m for m in families.ordered(families.SUITE + families.OPTIMIZATION)
+              if m not in METRICS + FLATNESS)
+READ = METRICS + FLATNESS + SUITE + TARGETS + ("test_acc", "train_acc")
 INSTANCE_AXES = AXES + ("epoch",)
 
 
@@ -280,10 +284,12 @@ def compare(instances: List[Dict[str, Any]], scored: Sequence[str] = ()
     beside the built-in ones."""
     from cna_tf.ranking import correlate
 
-    metrics = list(METRICS) + [m for m in FLATNESS
+    metrics = list(METRICS) + [m for m in FLATNESS + SUITE
                                if any(_finite(i.get(m)) for i in instances)] + list(scored)
     rows = correlate(instances, metrics, TARGETS, INSTANCE_AXES, group_by=("arch", "dataset"),
                      extra_targets=EXTRA_TARGETS)
+    for r in rows:
+        r["family"] = families.family(r["metric"])
     add_cmi(rows, instances)
     return rows
 
@@ -676,6 +682,25 @@ def accuracy_figure(instances: List[Dict[str, Any]], cna_key: str = "cna_test"):
                                  title=f"{cna_key} vs test accuracy (Fig. 7)")
 
 
+def terminal_tables(rows: List[Dict[str, Any]], interval_tables: Dict[str, str],
+                    sign_tables: Dict[str, str]) -> str:
+    """The tables as `compare` prints them: every table of ``compare/correlations.md``, each
+    cut to the CNA family, the paper's baselines and the best others (`families.shorten`; the
+    correlation tables by Kendall's τ on All Nets), and the best measure of each family per
+    gap (`families.family_markdown`)."""
+    def by_kendall(target):
+        mine = [r for r in rows if r["target"] == target and r["scope"] == ALL_NETS]
+        return [r["metric"] for r in sorted(
+            mine, key=lambda r: -(r["kendall"] if _finite(r["kendall"]) else -math.inf))]
+
+    parts = [families.shorten(markdown(rows, t), order=by_kendall(t))
+             for t in TARGETS + ("test_acc",)]
+    parts += [families.family_markdown(rows, t) for t in TARGETS]
+    parts += [families.shorten(t) for t in list(interval_tables.values())
+              + list(sign_tables.values())]
+    return "\n\n".join(parts)
+
+
 def _launched_in():
     """The experiment `mlflow run` started this step's run in, unless it is the Default one
     (``mlflow run . -e compare`` with no ``--experiment-name``); None otherwise."""
@@ -750,7 +775,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                        if (ALL_NETS, t) in boot}
     sign_tables = {t: sign_error_markdown(signs[t], t) for t in TARGETS if t in signs}
     tables = "\n\n".join([markdown(rows, t) for t in TARGETS + ("test_acc",)]
+                          + [families.family_markdown(rows, t) for t in TARGETS]
                           + list(interval_tables.values()) + list(sign_tables.values()))
+    printed = terminal_tables(rows, interval_tables, sign_tables)
     # the Description: each gap's interval table, then its sign-error table (so the first
     # gap's sign-errors come before the second gap's intervals where space runs out)
     per_gap = [table for t in TARGETS
@@ -767,7 +794,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                              f"over {len(instances)} network instances ({len(runs)} runs, "
                              f"{scope}).\n\n{converged_line}",
                              per_gap
-                             + [markdown(rows, t) for t in TARGETS + ("test_acc",)])})
+                             + [markdown(rows, t) for t in TARGETS + ("test_acc",)]
+                             + [families.family_markdown(rows, t) for t in TARGETS])})
         log_launch("compare", {k: getattr(args, k) for k in declared("compare")})
         log_resolved({"grid_run_id": grid_id or "all", "experiment": exp.name})
         mlflow.log_metrics({"runs": len(runs), "instances": len(instances),
@@ -818,7 +846,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     where = ("" if os.environ.get("CNA_TF_BROWSE_LINE", "1") == "0"
              else f"\n\n{browse_line(exp.experiment_id, client)}")
     print(f"compare run {run.info.run_id}: {len(runs)} runs, {len(instances)} network "
-          f"instances\n{converged_line}\n\n{tables}{where}", flush=True)
+          f"instances\n{converged_line}\n\n{printed}{where}", flush=True)
     return rows
 
 
