@@ -7,8 +7,12 @@ Pearson, Kendall and granulated Kendall, for All Nets, per architecture and per 
 beside them, PGDL's conditional mutual information with each gap (SPEC §8) on the final snapshots
 (one network per run) wherever they form a complete grid over the hyperparameters the scope
 varies (a note says why where they do not). Ranks the paper's measures, SPEC §8's ``dist_init``
-and ``sum_of_fro``, the flatness measures when the runs computed them, and every user's measure
-the `score` step logged on the runs (tag ``cna_tf.score.<metric>``; at the final snapshot only).
+and ``sum_of_fro``, the flatness measures, SPEC §12's suite and optimization-based measures when
+the runs computed them (``train -P suite=...``; at the final snapshot only), and every user's
+measure the `score` step logged on the runs (tag ``cna_tf.score.<metric>``; at the final
+snapshot only). With ~50 measures the printed tables keep the CNA family, the paper's baselines
+and the best others, and a table per gap gives each family's best (`families`); the artifacts
+and the Description have every row.
 
 Every score of a gap comes with a seed-bootstrap interval (SPEC §9) over the final snapshots:
 the CSV has ``<stat>_low`` / ``<stat>_high`` columns, and for All Nets a table ranks every measure
@@ -827,20 +831,21 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
             print(f"warning: compare/cna_vs_test_acc.png not logged: {type(e).__name__}: {e}",
                   file=sys.stderr, flush=True)
             mlflow.set_tag(TAG + "figure_error.cna_vs_test_acc", f"{type(e).__name__}: {e}"[:5000])
+        summary: Dict[str, float] = {}   # one batch: ~50 measures make hundreds of metrics
         for r in rows:
             if r["scope"] == "All Nets" and not math.isnan(r["pearson"]):
-                mlflow.log_metric(f"pearson.{r['metric']}.{r['target']}", r["pearson"])
+                summary[f"pearson.{r['metric']}.{r['target']}"] = r["pearson"]
             if r["scope"] == "All Nets" and not math.isnan(r.get("cmi", math.nan)):
-                mlflow.log_metric(f"cmi.{r['metric']}.{r['target']}", r["cmi"])
+                summary[f"cmi.{r['metric']}.{r['target']}"] = r["cmi"]
             res = signs.get(r["target"]) if r["scope"] == "All Nets" else None
             if res is not None and r["metric"] in res and res[r["metric"]]["all"]["n"]:
                 every = res[r["metric"]]["all"]
-                mlflow.log_metrics({f"sign_error_mean.{r['metric']}.{r['target']}": every["mean"],
-                                    f"sign_error_max.{r['metric']}.{r['target']}": every["max"]})
+                summary.update({f"sign_error_mean.{r['metric']}.{r['target']}": every["mean"],
+                                f"sign_error_max.{r['metric']}.{r['target']}": every["max"]})
             if r["scope"] == "All Nets" and _finite(r.get("kendall_low")):
-                mlflow.log_metrics({f"kendall_low.{r['metric']}.{r['target']}": r["kendall_low"],
-                                    f"kendall_high.{r['metric']}.{r['target']}":
-                                        r["kendall_high"]})
+                summary.update({f"kendall_low.{r['metric']}.{r['target']}": r["kendall_low"],
+                                f"kendall_high.{r['metric']}.{r['target']}": r["kendall_high"]})
+        mlflow.log_metrics(summary)
     from cna_tf.tracking import browse_line  # where to look: the runs, in the MLflow UI
     # CNA_TF_BROWSE_LINE=0: `make demo` prints that line itself (with the port `make ui` uses)
     where = ("" if os.environ.get("CNA_TF_BROWSE_LINE", "1") == "0"

@@ -513,3 +513,55 @@ def test_printed_tables_keep_cna_the_baselines_and_the_best_others():
     assert families.family("prod_of_spec_fft") == "spectral"
     assert families.family("steps_to_ce_0.1") == "optimization"
     assert families.family("my_measure") == "users' measures"
+
+
+@pytest.mark.slow
+def test_compare_ranks_the_whole_suite_and_prints_it_short(tmp_path, monkeypatch, capsys):
+    """Runs logged by hand with every SPEC §12 measure (issue 37): every measure is in every
+    artifact table and the CSV (with its family), the printed tables keep CNA, the baselines
+    and the best others, and say how many rows are elsewhere."""
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    import compare as compare_step
+    import families
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    client = mlflow.MlflowClient()
+    exp = client.create_experiment("suite")
+    grid = client.create_run(exp, tags={"cna_tf.role": "grid"})
+    rng = np.random.default_rng(0)
+    measures = list(compare_step.METRICS) + list(compare_step.SUITE)
+    for i in range(8):
+        rid = client.create_run(exp, tags={"cna_tf.role": "train", "arch": "mlp",
+                                           "mlflow.parentRunId": grid.info.run_id,
+                                           "cna_tf.final_only": "true"}).info.run_id
+        gap = 0.05 * i
+        values = {m: float(rng.standard_normal()) for m in measures}
+        values.update(gen_gap=gap, loss_gap=2 * gap, test_acc=1 - gap, train_acc=1.0)
+        client.log_batch(rid, metrics=[Metric(k, v, 0, 5) for k, v in values.items()],
+                         params=[Param("width", str(0.1 * (i % 4 + 1))),
+                                 Param("seed", str(i // 4)), Param("arch", "mlp")])
+        client.set_terminated(rid, "FINISHED")
+    client.set_terminated(grid.info.run_id, "FINISHED")
+    rows = compare_step.main(["--experiment", "suite", "--replicates", "20"])
+    out = capsys.readouterr().out
+    ranked = {r["metric"] for r in rows if r["target"] == "gen_gap"}
+    assert set(measures) <= ranked
+    assert {r["family"] for r in rows if r["metric"] == "spec_orig_main_fft"} == {"spectral"}
+    run = client.search_runs([exp], "tags.`cna_tf.role` = 'compare'")[0]
+    md = Path(client.download_artifacts(run.info.run_id, "compare/correlations.md",
+                                        str(tmp_path))).read_text()
+    for m in measures:   # in the correlation, interval and sign-error tables of both gaps
+        assert md.count(f"| {m} |") >= 6, m
+    # printed: every table cut, the CNA family and the baselines always in
+    cut = out.count("more measures: every row is in compare/correlations.md")
+    assert cut >= 7
+    for m in families.ALWAYS_SHOWN:
+        assert f"| {m} |" in out
+    assert sum(f"| {m} |" in out for m in compare_step.SUITE) < len(compare_step.SUITE)
+    assert "Best measure of each family with `gen_gap` in All Nets" in out
+    # the Description: whole tables only
+    note = run.data.tags["mlflow.note.content"]
+    assert len(note) <= compare_step.DESCRIPTION_LIMIT and "(… and" not in note
