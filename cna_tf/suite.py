@@ -208,6 +208,38 @@ def _folded_layers(model, initial) -> Tuple[List[_Layer], Optional[str]]:
     return out, reason
 
 
+_LANCZOS_MIN = 64  # a matrix whose smaller side is at least this: σ_max by Lanczos
+
+
+def _sigma(mat, kernel: Optional[np.ndarray] = None) -> float:
+    """‖W‖₂ (reshaped) of a matrix, or of ``kernel`` in its place: `KernelMatrix.sigma_max`,
+    with a single large block's top singular value taken by Lanczos iteration on WᵀW
+    (``scipy.sparse.linalg.eigsh``, converged to machine precision, deterministic start):
+    ~2 ms for a 500×500 layer where a full ``eigvalsh`` took 0.06 s alone and ~1 s with
+    OpenBLAS threads fighting other processes for 2 cores."""
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    if kernel is not None:
+        mat = dataclasses.replace(mat, kernel=kernel)
+    blocks = mat.blocks
+    if blocks.shape[0] != 1 or min(blocks.shape[1:]) < _LANCZOS_MIN \
+            or not np.all(np.isfinite(blocks)):
+        return mat.sigma_max()
+    b = blocks[0]
+    top = float(np.max(np.abs(b)))
+    if top == 0.0:
+        return 0.0
+    b = b / top
+    n = b.shape[1]
+    gram = LinearOperator((n, n), matvec=lambda v: b.T @ (b @ v), dtype=np.float64)
+    try:
+        value = float(eigsh(gram, k=1, which="LA", return_eigenvectors=False,
+                            v0=np.ones(n))[0])
+    except ArpackNoConvergence:
+        return mat.sigma_max()
+    return top * math.sqrt(max(value, 0.0))
+
+
 def _full_kernel(mat) -> np.ndarray:
     """An ordinary (k..., c_in, c_out) convolution kernel with the same operator norm."""
     from cna_tf import baselines
@@ -225,7 +257,7 @@ def _fft_norm(mat, context, kernel: np.ndarray) -> Tuple[float, Optional[str]]:
     from cna_tf.conv_spectrum import conv_spectral_norm
 
     if mat.kind == "dense":
-        return dataclasses.replace(mat, kernel=kernel).sigma_max(), None
+        return _sigma(mat, kernel), None
     shape = context.input_shape
     layer = mat.layer
     first = getattr(layer, "data_format", "channels_last") == "channels_first"
@@ -240,19 +272,23 @@ def _fft_norm(mat, context, kernel: np.ndarray) -> Tuple[float, Optional[str]]:
 
 # -- γ₁₀ --------------------------------------------------------------------------------------
 
-def _logits(model, x: np.ndarray) -> np.ndarray:
-    """The classifier's affine output (the logits, any final softmax undone) for ``x``."""
+def _logits(model, x: np.ndarray, batch: int = 500) -> np.ndarray:
+    """The classifier's affine output (the logits, any final softmax undone) for ``x``.
+
+    The layer graph runs eagerly (`cna_tf.probe`'s replay plan, inference mode): one pass per
+    network, where tracing a predict function first took longer than the pass itself."""
     import keras
 
-    from cna_tf.probe import _Plan, _ProbeLayer, _forward
+    from cna_tf.probe import _Plan
 
     plan = _Plan(model, "pre")
-    layer = _ProbeLayer(model, plan, None, len(plan.probes), False,
-                        name=f"{model.name}_suite_logits")
-    inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype) for t in plan.graph.inputs]
-    outs = layer(inputs if len(inputs) > 1 else inputs[0])
-    net = keras.Model(inputs if len(inputs) > 1 else inputs[0], outs[-1])
-    z = np.asarray(_forward(net, x, 500), dtype=np.float64)
+    dtype = plan.graph.inputs[0].dtype
+    out = []
+    for i in range(0, len(x), batch):
+        values, _ = plan.run([keras.ops.convert_to_tensor(x[i:i + batch], dtype=dtype)],
+                             training=False)
+        out.append(np.asarray(keras.ops.convert_to_numpy(values[-1]), dtype=np.float64))
+    z = np.concatenate(out)
     return z.reshape(len(z), -1)
 
 
@@ -311,55 +347,22 @@ class _Report:
         self.log_mu(name, math.log(mu) if mu > 0 else -math.inf)
 
 
-def compute(model, x, y, *, initial_weights=None, names: Optional[Iterable[str]] = None,
-            seed: int = 0, fft: bool = True, samples: int = 5000,
-            train_size: Optional[int] = None) -> SuiteResult:
-    """Every post-hoc measure of SPEC §12 for one trained network.
+def _one_blas_thread():
+    """At most one BLAS thread: the kernels' products and eigensolvers are small, and with
+    OpenBLAS threads competing with other processes for the cores each took ~10x longer."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn's dependency, in the lock
+        import contextlib
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
-    Args:
-        model: a built Functional or Sequential Keras classifier (nested models allowed). Its
-            weights are restored exactly after the searches.
-        x: its training inputs as it takes them (preprocessed), shape (m, ...): γ₁₀ runs over
-            all of them, the searches over a seeded subset of ``samples``.
-        y: their labels, integer class indices (m,) or one-hot rows.
-        initial_weights: the weights before training: `capture_initial_weights` (kernels and
-            the initial BN statistics), `cna_tf.baselines.capture_initial_weights` or
-            ``model.get_weights()`` taken before training (initial BN statistics then come from
-            the BN layers' constant initializers). Without them the measures whose `MEASURES`
-            inputs include ``"initial_weights"`` are NaN with the reason.
-        names: a subset of `MEASURES` (default: all; the searches run only when one of their
-            measures is named).
-        seed: seed of the searches (`cna_tf.flatness.search`).
-        fft: also compute the ``<name>_fft`` measures (False: left out).
-        samples: size of the searches' seeded training subset (SPEC §8: 5,000).
-        train_size: the training-set size m of the report form (default: len(x)).
 
-    Returns:
-        `SuiteResult`: ``{name: float}`` in `MEASURES` order, with ``reasons`` (name -> why it
-        is NaN), ``parameters`` and ``seconds`` (see the module docstring).
+def _cheap(model, x, y, initial_weights, wanted, fft, report, result):
+    """Every measure but the searches into ``result`` (`compute`); returns what the searches
+    need: (γ₁₀'s reason or None, log γ₁₀, W⁰ known, w, w⁰, ω, W⁰'s reason)."""
+    from cna_tf import baselines
 
-    Raises:
-        ValueError: an unknown name, an ``_fft`` name with ``fft=False``, bad labels, or
-            initial weights that do not match the model.
-        cna_tf.UntraceableModelError: a subclassed or unbuilt model.
-    """
-    import keras
-
-    from cna_tf import baselines, flatness
-    from cna_tf.measures import class_indices
-
-    wanted = _wanted(names, fft)
-    if not isinstance(model, keras.Model) or not model.built:
-        raise ValueError("cna_tf.suite.compute needs a built keras.Model with trained weights")
-    x = np.asarray(x)
-    units = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
-    y = class_indices(y, n=len(x), num_classes=units)
-    m = int(train_size) if train_size is not None else len(x)
-    if m < 1:
-        raise ValueError(f"the training set is empty (m = {m}); pass the training inputs")
-    t0 = time.perf_counter()
-    result = SuiteResult()
-    report = _Report(result, wanted, m)
     need = {k for n in wanted for k in MEASURES[n].inputs}
     initial = baselines.initial_kernels(model, initial_weights)
     layers, init_reason = _folded_layers(model, initial)
@@ -368,7 +371,7 @@ def compute(model, x, y, *, initial_weights=None, names: Optional[Iterable[str]]
     omega = w.size
     have_init = init_reason is None
     w0 = np.concatenate([lay.init.ravel() for lay in layers]) if have_init else None
-    result.parameters.update(m=float(m), depth=float(d), num_params=float(omega))
+    result.parameters.update(depth=float(d), num_params=float(omega))
 
     # γ₁₀
     log_g = math.nan
@@ -406,13 +409,18 @@ def compute(model, x, y, *, initial_weights=None, names: Optional[Iterable[str]]
         if have_init:
             report.log_mu("dist_spec_init" + suffix, _logsumexp(2 * log_dist_sig))
 
-    sig = _log([lay.mat.sigma_max() for lay in layers])
-    sig_d = (_log([dataclasses.replace(lay.mat, kernel=df).sigma_max()
-                   for lay, df in zip(layers, diffs)]) if have_init else None)
+    sig = _log([_sigma(lay.mat) for lay in layers])
+    sig_d = (_log([_sigma(lay.mat, df) for lay, df in zip(layers, diffs)]) if have_init
+             else None)
     spectral_family("", sig, sig_d)
     if fft and any(n.endswith("_fft") for n in wanted):
         norms, dist_norms, fft_reason = [], [], None
         for i, lay in enumerate(layers):
+            if lay.mat.kind == "dense":  # the plain σ_max, computed above
+                norms.append(math.exp(sig[i]))
+                if have_init:
+                    dist_norms.append(math.exp(sig_d[i]))
+                continue
             v, why = _fft_norm(lay.mat, lay.context, lay.mat.kernel)
             fft_reason = fft_reason or why
             norms.append(v)
@@ -451,7 +459,64 @@ def compute(model, x, y, *, initial_weights=None, names: Optional[Iterable[str]]
                    f"{exc})")
             report.nan("path_norm", why)
             report.nan("path_norm_over_margin", why)
+    return g_reason, log_g, have_init, w, w0, omega, init_reason
+
+
+def compute(model, x, y, *, initial_weights=None, names: Optional[Iterable[str]] = None,
+            seed: int = 0, fft: bool = True, samples: int = 5000,
+            train_size: Optional[int] = None) -> SuiteResult:
+    """Every post-hoc measure of SPEC §12 for one trained network.
+
+    Args:
+        model: a built Functional or Sequential Keras classifier (nested models allowed). Its
+            weights are restored exactly after the searches.
+        x: its training inputs as it takes them (preprocessed), shape (m, ...): γ₁₀ runs over
+            all of them, the searches over a seeded subset of ``samples``.
+        y: their labels, integer class indices (m,) or one-hot rows.
+        initial_weights: the weights before training: `capture_initial_weights` (kernels and
+            the initial BN statistics), `cna_tf.baselines.capture_initial_weights` or
+            ``model.get_weights()`` taken before training (initial BN statistics then come from
+            the BN layers' constant initializers). Without them the measures whose `MEASURES`
+            inputs include ``"initial_weights"`` are NaN with the reason.
+        names: a subset of `MEASURES` (default: all; the searches run only when one of their
+            measures is named).
+        seed: seed of the searches (`cna_tf.flatness.search`).
+        fft: also compute the ``<name>_fft`` measures (False: left out).
+        samples: size of the searches' seeded training subset (SPEC §8: 5,000).
+        train_size: the training-set size m of the report form (default: len(x)).
+
+    Returns:
+        `SuiteResult`: ``{name: float}`` in `MEASURES` order, with ``reasons`` (name -> why it
+        is NaN), ``parameters`` and ``seconds`` (see the module docstring).
+
+    Raises:
+        ValueError: an unknown name, an ``_fft`` name with ``fft=False``, bad labels, or
+            initial weights that do not match the model.
+        cna_tf.UntraceableModelError: a subclassed or unbuilt model.
+    """
+    import keras
+
+    from cna_tf import flatness
+    from cna_tf.measures import class_indices
+
+    wanted = _wanted(names, fft)
+    if not isinstance(model, keras.Model) or not model.built:
+        raise ValueError("cna_tf.suite.compute needs a built keras.Model with trained weights")
+    x = np.asarray(x)
+    units = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
+    y = class_indices(y, n=len(x), num_classes=units)
+    m = int(train_size) if train_size is not None else len(x)
+    if m < 1:
+        raise ValueError(f"the training set is empty (m = {m}); pass the training inputs")
+    t0 = time.perf_counter()
+    result = SuiteResult()
+    report = _Report(result, wanted, m)
+    result.parameters["m"] = float(m)
+    with _one_blas_thread():
+        g_reason, log_g, have_init, w, w0, omega, init_reason = _cheap(
+            model, x, y, initial_weights, wanted, fft, report, result)
     result.seconds["cheap"] = time.perf_counter() - t0
+
 
     searches = list(dict.fromkeys(_SEARCH_OF[n] for n in wanted if n in _SEARCH_OF))
     if searches:

@@ -207,6 +207,25 @@ def test_bn_folding_on_conv_bn_relu_reproduces_the_bn_output():
                                    atol=1e-5)
 
 
+def test_large_layers_spectral_norm_is_the_svd_value():
+    """Matrices whose smaller side is >= 64 take the Lanczos path: still numpy's σ_max."""
+    rng = np.random.default_rng(10)
+    inp = keras.Input((90,))
+    out = keras.layers.Dense(70, name="out")(keras.layers.Dense(120, name="h")(inp))
+    model = keras.Model(inp, out)
+    w1, w2 = rng.normal(size=(90, 120)), rng.normal(size=(120, 70))
+    model.set_weights([w1.astype("float32"), np.zeros(120, "float32"), w2.astype("float32"),
+                       np.zeros(70, "float32")])
+    w1, w2 = (w.astype("float32").astype(np.float64) for w in (w1, w2))
+    res = suite.compute(model, np.zeros((4, 90), "float32"), np.arange(4),
+                        names=["prod_of_spec", "fro_over_spec"])
+    s2 = np.array([sig(w1), sig(w2)]) ** 2
+    assert res["prod_of_spec"] == pytest.approx(0.5 * (np.log(np.prod(s2)) - np.log(4)),
+                                                rel=1e-9)
+    assert res["fro_over_spec"] == pytest.approx(
+        math.sqrt((fro(w1) ** 2 / s2[0] + fro(w2) ** 2 / s2[1]) / 4), rel=1e-9)
+
+
 def test_a_bn_after_the_nonlinearity_is_not_folded():
     from cna_tf import folding
 
