@@ -113,3 +113,51 @@ def test_grad_noise_bad_input_is_named():
         optimization.grad_noise(model, x, np.zeros(3, int), batch_size=2)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         optimization.grad_noise(model, x, np.zeros(4, int), batch_size=0)
+
+
+@pytest.mark.parametrize("level, flatness, searched", [
+    ("all", False, None), ("all", True, None), ("cheap", False, ()),
+    ("cheap", True, ("pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_mag_flatness"))])
+def test_train_asks_the_suite_for_each_search_once(tmp_path, monkeypatch, level, flatness,
+                                                   searched):
+    """`train`'s suite levels (issue 37 item 3): ``all`` asks for every measure, ``cheap`` for
+    the cheap ones plus §8's three searches when ``flatness`` is on (the suite runs them, so no
+    search runs twice); a NaN measure's reason becomes its ``cna_nan`` tag; names the
+    CNACallback logged are not logged again."""
+    import mlflow
+
+    import train
+    from cna_tf import suite
+
+    asked = {}
+
+    def compute(model, x, y, **kw):
+        asked.update(kw)
+        names = kw["names"] if kw["names"] is not None else list(suite.MEASURES)
+        out = suite.SuiteResult({n: 1.0 for n in names})
+        out["inverse_margin"] = math.nan
+        out.reasons["inverse_margin"] = "γ₁₀ = -0.1 <= 0"
+        out.parameters.update(gamma_10=-0.1, pacbayes_sigma=0.5, num_params=7)
+        out.seconds.update(cheap=0.25, pacbayes_flatness=2.0)
+        return out
+
+    monkeypatch.setattr(suite, "compute", compute)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    with mlflow.start_run() as run:
+        got = train.log_suite(None, np.zeros((5, 2)), np.zeros(5, int), {"k": 1},
+                              {"suite": level, "flatness": flatness, "seed": 3}, step=4,
+                              skip=["sum_of_fro"])
+    if searched is None:
+        assert asked["names"] is None
+    else:
+        assert list(asked["names"]) == list(suite.CHEAP) + list(searched)
+    assert asked["seed"] == 3 and asked["initial_weights"] == {"k": 1}
+    assert asked["train_size"] == 5
+    assert "sum_of_fro" not in got and got["pacbayes_sigma"] == 0.5
+    assert got["num_params"] == 1.0          # the measure, not the parameter ω
+    assert got["flatness_seconds"] == 2.0 and got["suite_cheap_seconds"] == 0.25
+    assert got["suite_seconds"] >= 0
+    logged = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert logged.data.tags["cna_nan.inverse_margin"] == "at epoch 4: γ₁₀ = -0.1 <= 0"
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "gamma_10")
+    assert [(h.step, h.value) for h in history] == [(4, -0.1)]
