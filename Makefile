@@ -112,6 +112,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_flatness.py $(BENCH_ARGS)
 	$(PY) bench/bench_score.py $(BENCH_ARGS)
 	$(PY) bench/bench_ranking.py $(BENCH_ARGS)
+	$(PY) bench/bench_suite.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .lock-venv .pytest_cache mlruns mlflow.db .cna_backup

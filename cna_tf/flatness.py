@@ -8,6 +8,9 @@ How far the trained weights w* can move before the training accuracy drops by 0.
   sqrt(σ²·w_i² + ε²) per weight (eq. 53); σ′ = ``pacbayes_mag_sigma``.
 * ``sharpness_mag_flatness`` = 1/α′²: the worst accuracy found by gradient ascent inside the box
   |w_i − w_i*| ≤ α·|w_i*| + ε (eq. 52, magnitude-aware sharpness); α′ = ``sharpness_mag_alpha``.
+* ``sharpness_flatness`` = 1/α′² (SPEC §12, only when named): the same search in the box
+  |w_i − w_i*| ≤ α (no magnitude, no ε), started at w* + U(−α/2, α/2); α′ = ``sharpness_alpha``.
+  ``measures=None`` runs the three of SPEC §8, not this one.
 
 A flatter network tolerates a larger σ′ (α′) and so scores *lower*, like the gap it predicts.
 
@@ -34,7 +37,8 @@ Choices where SPEC §8 is silent (documented here once):
 * **Seeds.** The k-th noise draw of a σ search is the standard-normal vector z_k of
   ``numpy.random.default_rng([seed, m, k])`` (m = 0 for the plain, 1 for the magnitude-aware
   search), scaled per weight by the standard deviation above; the r-th restart of the sharpness
-  search takes its uniform start and its batch order from ``default_rng([seed, 2, r])``. The same
+  search takes its uniform start and its batch order from ``default_rng([seed, 2, r])`` (``[seed,
+  3, r]`` for the plain box of ``sharpness_flatness``). The same
   draws are reused at every σ (α) of a search (common random numbers), so the deviation grows
   smoothly with σ (α) and the bisection does not chase sampling noise. Seeded runs repeat
   exactly (same backend, same machine).
@@ -78,7 +82,7 @@ from keras import ops
 from cna_tf.measures import class_indices, probabilities
 
 __all__ = ["compute", "search", "SearchResult", "MEASURES", "PARAMETERS", "TARGET_DEVIATION",
-           "TOLERANCE", "UPPER", "SIGMA_STEPS", "ALPHA_STEPS", "NOISE_DRAWS", "EPSILON",
+           "SEARCHES", "TOLERANCE", "UPPER", "SIGMA_STEPS", "ALPHA_STEPS", "NOISE_DRAWS", "EPSILON",
            "RESTARTS", "ASCENT_STEPS", "ASCENT_LEARNING_RATE", "ASCENT_BATCH"]
 
 # SPEC §8's constants.
@@ -99,8 +103,13 @@ PARAMETERS: Dict[str, str] = {
     "pacbayes_flatness": "pacbayes_sigma",
     "pacbayes_mag_flatness": "pacbayes_mag_sigma",
     "sharpness_mag_flatness": "sharpness_mag_alpha",
+    "sharpness_flatness": "sharpness_alpha",
 }
-MEASURES: Tuple[str, ...] = tuple(PARAMETERS)
+#: SPEC §8's three measures, what ``measures=None`` runs
+MEASURES: Tuple[str, ...] = ("pacbayes_flatness", "pacbayes_mag_flatness",
+                             "sharpness_mag_flatness")
+#: every search that can be named (SPEC §12 adds the plain sharpness box)
+SEARCHES: Tuple[str, ...] = tuple(PARAMETERS)
 
 _EVAL_BATCH = 500           # examples per forward call when measuring accuracy
 
@@ -110,8 +119,8 @@ class SearchResult:
     """One bisection of SPEC §8, step by step.
 
     Attributes:
-        measure: ``"pacbayes_flatness"``, ``"pacbayes_mag_flatness"`` or
-            ``"sharpness_mag_flatness"``.
+        measure: ``"pacbayes_flatness"``, ``"pacbayes_mag_flatness"``,
+            ``"sharpness_mag_flatness"`` or ``"sharpness_flatness"``.
         value: σ′ (α′ for sharpness), the last midpoint tried.
         flatness: 1/value² (``inf`` for value 0, which bisection on [0, 2] never returns).
         accuracy: the unperturbed accuracy on the subset.
@@ -245,18 +254,21 @@ class _Searcher:
             order = np.concatenate([order, rng.permutation(self.n)])
         return [order[i * ASCENT_BATCH:(i + 1) * ASCENT_BATCH] for i in range(ASCENT_STEPS)]
 
-    def alpha_deviation(self, alpha: float) -> float:
+    def alpha_deviation(self, alpha: float, magnitude: bool = True) -> float:
         self._compile()
-        radius = [alpha * np.abs(w) + EPSILON for w in self.w_star]
+        if magnitude:  # |w_i - w_i*| <= α·|w_i*| + ε
+            radius = [alpha * np.abs(w) + EPSILON for w in self.w_star]
+        else:          # |w_i - w_i*| <= α
+            radius = [np.full(w.shape, alpha) for w in self.w_star]
         lows = [ops.convert_to_tensor((w - r).astype(w.dtype)) for w, r in zip(self.w_star, radius)]
         highs = [ops.convert_to_tensor((w + r).astype(w.dtype))
                  for w, r in zip(self.w_star, radius)]
         lowest = math.inf
         deviation = -math.inf
         for r in range(RESTARTS):
-            rng = np.random.default_rng([self.seed, 2, r])
-            start = [(w + alpha * rng.uniform(-0.5, 0.5, size=w.shape) * np.abs(w)).astype(w.dtype)
-                     for w in self.w_star]
+            rng = np.random.default_rng([self.seed, 2 if magnitude else 3, r])
+            start = [(w + alpha * rng.uniform(-0.5, 0.5, size=w.shape)
+                      * (np.abs(w) if magnitude else 1.0)).astype(w.dtype) for w in self.w_star]
             self.assign(start)
             for batch in self._batches(rng):
                 self.wrapper.train_on_batch(self.x[batch], self.y[batch])
@@ -304,7 +316,7 @@ def _check(model, x, y, samples, measures) -> Tuple[np.ndarray, np.ndarray, List
         bad = [m for m in names if m not in PARAMETERS]
         if bad or not names:
             raise ValueError(f"unknown flatness measure(s) {bad or names}; choose from "
-                             f"{', '.join(MEASURES)} (or measures=None for all three)")
+                             f"{', '.join(SEARCHES)} (or measures=None for the first three)")
     try:
         x = np.asarray(x)
     except (TypeError, ValueError) as e:
@@ -328,7 +340,7 @@ def search(model: keras.Model, x, y, samples: int = 5000, seed: int = 0,
             (`cna_tf.measures.class_indices`).
         samples: size of the seeded training subset every search runs on (SPEC §8: 5,000).
         seed: seed of the subset, the noise draws, the restarts and the batch order.
-        measures: names from `MEASURES` (default: all three).
+        measures: names from `SEARCHES` (default: the three of `MEASURES`).
 
     Returns:
         ``{measure: SearchResult}`` in the order of ``measures``.
@@ -347,8 +359,9 @@ def search(model: keras.Model, x, y, samples: int = 5000, seed: int = 0,
             f0, g0, t0 = s.forward_examples, s.gradient_examples, time.perf_counter()
             if i == 0:  # the unperturbed pass belongs to the first search's cost
                 f0, t0 = 0, t0 - shared_seconds
-            if name == "sharpness_mag_flatness":
-                value, steps, ok = _bisect(s.alpha_deviation, ALPHA_STEPS)
+            if name in ("sharpness_mag_flatness", "sharpness_flatness"):
+                magnitude = name == "sharpness_mag_flatness"
+                value, steps, ok = _bisect(lambda p: s.alpha_deviation(p, magnitude), ALPHA_STEPS)
             else:
                 magnitude = name == "pacbayes_mag_flatness"
                 value, steps, ok = _bisect(lambda p: s.sigma_deviation(p, magnitude),
@@ -376,12 +389,13 @@ def compute(model: keras.Model, x, y, samples: int = 5000, seed: int = 0,
         y: their labels, integer class indices (n,) or one-hot rows (n, classes).
         samples: size of the seeded training subset (SPEC §8: 5,000).
         seed: seed of the subset and of every random draw; seeded runs repeat exactly.
-        measures: names from `MEASURES` (default: all three).
+        measures: names from `SEARCHES` (default: the three of `MEASURES`).
 
     Returns:
         dict of floats: for each measure, the measure (``pacbayes_flatness``,
         ``pacbayes_mag_flatness``, ``sharpness_mag_flatness``: 1/σ′², 1/σ′², 1/α′²) and its
-        parameter (``pacbayes_sigma``, ``pacbayes_mag_sigma``, ``sharpness_mag_alpha``).
+        parameter (``pacbayes_sigma``, ``pacbayes_mag_sigma``, ``sharpness_mag_alpha``), and
+        ``sharpness_flatness`` / ``sharpness_alpha`` when named.
 
     Raises:
         ValueError: an unbuilt model, bad labels, an unknown measure or a bad ``samples``.

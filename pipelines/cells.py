@@ -23,6 +23,17 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
 
 from params import parse_bool, parse_float, parse_int, parse_options
 
+#: the levels of the `suite` parameter (SPEC §12), cheapest last
+SUITE_LEVELS = ("all", "cheap", "none")
+
+
+def parse_suite(v: Any) -> str:
+    """A `suite` level: ``all``, ``cheap`` or ``none`` (any case)."""
+    s = str(v).strip().lower()
+    if s not in SUITE_LEVELS:
+        raise ValueError(f"suite must be one of {', '.join(SUITE_LEVELS)}, got {v!r}")
+    return s
+
 __all__ = ["TRAIN_PARAMS", "CONFIG_DIR", "normalize", "cell_key", "expand", "load_config",
            "ConfigError", "cli_args"]
 
@@ -57,10 +68,12 @@ TRAIN_PARAMS: Dict[str, Tuple[Callable[[Any], Any], Any, str]] = {
                      "kernel (Jiang et al. 2020's weight-decay axis; 0: none)"),
     "dropout": (parse_float, 0.0, "dropout rate after every hidden Dense layer (mlp, vgg18; "
                 "0: none)"),
+    "suite": (parse_suite, "all", "SPEC §12's measure suite at the final snapshot: all, cheap "
+              "(all but the flatness searches) or none; with the optimization measures"),
 }
 # Train parameters added after cell keys were first recorded: hashed only when set to something
 # other than their default, so the cells of existing grids keep their keys (and stay finished).
-KEY_IF_SET = ("stop_loss", "flatness", "weight_decay", "dropout")
+KEY_IF_SET = ("stop_loss", "flatness", "weight_decay", "dropout", "suite")
 # Parameters that do not change the network or its metrics: not part of the cell key.
 RUN_ONLY_PARAMS = {
     "save_model": (parse_bool, False, "log the trained model as a .keras artifact"),

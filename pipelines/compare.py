@@ -7,8 +7,12 @@ Pearson, Kendall and granulated Kendall, for All Nets, per architecture and per 
 beside them, PGDL's conditional mutual information with each gap (SPEC §8) on the final snapshots
 (one network per run) wherever they form a complete grid over the hyperparameters the scope
 varies (a note says why where they do not). Ranks the paper's measures, SPEC §8's ``dist_init``
-and ``sum_of_fro``, the flatness measures when the runs computed them, and every user's measure
-the `score` step logged on the runs (tag ``cna_tf.score.<metric>``; at the final snapshot only).
+and ``sum_of_fro``, the flatness measures, SPEC §12's suite and optimization-based measures when
+the runs computed them (``train -P suite=...``; at the final snapshot only), and every user's
+measure the `score` step logged on the runs (tag ``cna_tf.score.<metric>``; at the final
+snapshot only). With ~50 measures the printed tables keep the CNA family, the paper's baselines
+and the best others, and a table per gap gives each family's best (`families`); the artifacts
+and the Description have every row.
 
 Every score of a gap comes with a seed-bootstrap interval (SPEC §9) over the final snapshots:
 the CSV has ``<stat>_low`` / ``<stat>_high`` columns, and for All Nets a table ranks every measure
@@ -50,6 +54,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import families  # noqa: E402
 from cells import ALL_PARAMS, AXES  # noqa: E402
 from experiment import find_experiment  # noqa: E402
 from params import declared, log_launch, log_resolved, parse_bool, read_params  # noqa: E402
@@ -65,7 +70,10 @@ METRICS = ("cna_area", "cna_margin", "l2", "l2_path", "spectral", "bound_2018", 
 FLATNESS = ("pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_mag_flatness")
 TARGETS = ("gen_gap", "loss_gap")
 EXTRA_TARGETS = {"cna_train": ["test_acc"], "cna_test": ["test_acc"]}
-READ = METRICS + FLATNESS + TARGETS + ("test_acc", "train_acc")
+# SPEC §12's suite and optimization-based measures (train -P suite=all|cheap), by family
+SUITE = tuple(m for m in families.ordered(families.SUITE + families.OPTIMIZATION)
+              if m not in METRICS + FLATNESS)
+READ = METRICS + FLATNESS + SUITE + TARGETS + ("test_acc", "train_acc")
 INSTANCE_AXES = AXES + ("epoch",)
 
 
@@ -281,10 +289,12 @@ def compare(instances: List[Dict[str, Any]], scored: Sequence[str] = ()
     beside the built-in ones."""
     from cna_tf.ranking import correlate
 
-    metrics = list(METRICS) + [m for m in FLATNESS
+    metrics = list(METRICS) + [m for m in FLATNESS + SUITE
                                if any(_finite(i.get(m)) for i in instances)] + list(scored)
     rows = correlate(instances, metrics, TARGETS, INSTANCE_AXES, group_by=("arch", "dataset"),
                      extra_targets=EXTRA_TARGETS)
+    for r in rows:
+        r["family"] = families.family(r["metric"])
     add_cmi(rows, instances)
     return rows
 
@@ -678,6 +688,25 @@ def accuracy_figure(instances: List[Dict[str, Any]], cna_key: str = "cna_test"):
                                  title=f"{cna_key} vs test accuracy (Fig. 7)")
 
 
+def terminal_tables(rows: List[Dict[str, Any]], interval_tables: Dict[str, str],
+                    sign_tables: Dict[str, str]) -> str:
+    """The tables as `compare` prints them: every table of ``compare/correlations.md``, each
+    cut to the CNA family, the paper's baselines and the best others (`families.shorten`; the
+    correlation tables by Kendall's τ on All Nets), and the best measure of each family per
+    gap (`families.family_markdown`)."""
+    def by_kendall(target):
+        mine = [r for r in rows if r["target"] == target and r["scope"] == ALL_NETS]
+        return [r["metric"] for r in sorted(
+            mine, key=lambda r: -(r["kendall"] if _finite(r["kendall"]) else -math.inf))]
+
+    parts = [families.shorten(markdown(rows, t), order=by_kendall(t))
+             for t in TARGETS + ("test_acc",)]
+    parts += [families.family_markdown(rows, t) for t in TARGETS]
+    parts += [families.shorten(t) for t in list(interval_tables.values())
+              + list(sign_tables.values())]
+    return "\n\n".join(parts)
+
+
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     import mlflow
 
@@ -726,7 +755,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                        if (ALL_NETS, t) in boot}
     sign_tables = {t: sign_error_markdown(signs[t], t) for t in TARGETS if t in signs}
     tables = "\n\n".join([markdown(rows, t) for t in TARGETS + ("test_acc",)]
+                          + [families.family_markdown(rows, t) for t in TARGETS]
                           + list(interval_tables.values()) + list(sign_tables.values()))
+    printed = terminal_tables(rows, interval_tables, sign_tables)
     # the Description: each gap's interval table, then its sign-error table (so the first
     # gap's sign-errors come before the second gap's intervals where space runs out)
     per_gap = [table for t in TARGETS
@@ -743,7 +774,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                              f"over {len(instances)} network instances ({len(runs)} runs, "
                              f"{scope}).\n\n{converged_line}",
                              per_gap
-                             + [markdown(rows, t) for t in TARGETS + ("test_acc",)])})
+                             + [markdown(rows, t) for t in TARGETS + ("test_acc",)]
+                             + [families.family_markdown(rows, t) for t in TARGETS])})
         log_launch("compare", {k: getattr(args, k) for k in declared("compare")})
         log_resolved({"grid_run_id": grid_id or "all", "experiment": exp.name})
         mlflow.log_metrics({"runs": len(runs), "instances": len(instances),
@@ -775,26 +807,27 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
             print(f"warning: compare/cna_vs_test_acc.png not logged: {type(e).__name__}: {e}",
                   file=sys.stderr, flush=True)
             mlflow.set_tag(TAG + "figure_error.cna_vs_test_acc", f"{type(e).__name__}: {e}"[:5000])
+        summary: Dict[str, float] = {}   # one batch: ~50 measures make hundreds of metrics
         for r in rows:
             if r["scope"] == "All Nets" and not math.isnan(r["pearson"]):
-                mlflow.log_metric(f"pearson.{r['metric']}.{r['target']}", r["pearson"])
+                summary[f"pearson.{r['metric']}.{r['target']}"] = r["pearson"]
             if r["scope"] == "All Nets" and not math.isnan(r.get("cmi", math.nan)):
-                mlflow.log_metric(f"cmi.{r['metric']}.{r['target']}", r["cmi"])
+                summary[f"cmi.{r['metric']}.{r['target']}"] = r["cmi"]
             res = signs.get(r["target"]) if r["scope"] == "All Nets" else None
             if res is not None and r["metric"] in res and res[r["metric"]]["all"]["n"]:
                 every = res[r["metric"]]["all"]
-                mlflow.log_metrics({f"sign_error_mean.{r['metric']}.{r['target']}": every["mean"],
-                                    f"sign_error_max.{r['metric']}.{r['target']}": every["max"]})
+                summary.update({f"sign_error_mean.{r['metric']}.{r['target']}": every["mean"],
+                                f"sign_error_max.{r['metric']}.{r['target']}": every["max"]})
             if r["scope"] == "All Nets" and _finite(r.get("kendall_low")):
-                mlflow.log_metrics({f"kendall_low.{r['metric']}.{r['target']}": r["kendall_low"],
-                                    f"kendall_high.{r['metric']}.{r['target']}":
-                                        r["kendall_high"]})
+                summary.update({f"kendall_low.{r['metric']}.{r['target']}": r["kendall_low"],
+                                f"kendall_high.{r['metric']}.{r['target']}": r["kendall_high"]})
+        mlflow.log_metrics(summary)
     from cna_tf.tracking import browse_line  # where to look: the runs, in the MLflow UI
     # CNA_TF_BROWSE_LINE=0: `make demo` prints that line itself (with the port `make ui` uses)
     where = ("" if os.environ.get("CNA_TF_BROWSE_LINE", "1") == "0"
              else f"\n\n{browse_line(exp.experiment_id, client)}")
     print(f"compare run {run.info.run_id}: {len(runs)} runs, {len(instances)} network "
-          f"instances\n{converged_line}\n\n{tables}{where}", flush=True)
+          f"instances\n{converged_line}\n\n{printed}{where}", flush=True)
     return rows
 
 

@@ -86,7 +86,9 @@ def protocol(args: argparse.Namespace) -> Tuple[Dict[str, Any], List[Dict[str, A
                               "epochs": args.epochs, "lr": args.lr,
                               "batch_size": args.batch_size,
                               "snapshot_every": args.snapshot_every,
-                              "n_train": args.n_train, "n_test": args.n_test}
+                              "n_train": args.n_train, "n_test": args.n_test,
+                              # the paper's measures only: SPEC §12's suite is the grid's
+                              "suite": "none"}
     if parse_bool(args.quick):
         common.update(QUICK)
     datasets = [d.strip() for d in str(args.datasets).split(",") if d.strip()]

@@ -31,6 +31,7 @@ import backup as backup_store  # noqa: E402
 from cells import ALL_PARAMS, cell_key, normalize  # noqa: E402
 from params import log_launch, log_resolved  # noqa: E402
 
+from cna_tf import optimization, suite  # noqa: E402
 from cna_tf.tracking import TAG_PREFIX as TAG  # noqa: E402
 
 BACKUP_ROOT = Path(os.environ.get("CNA_TF_BACKUP_DIR", ".cna_backup"))
@@ -66,7 +67,7 @@ class FailOnNaN(keras.callbacks.Callback):
 
 
 # The training cross-entropy metric compiled beside `loss` when weight decay adds a penalty.
-CROSS_ENTROPY = "cross_entropy"
+CROSS_ENTROPY = optimization.CROSS_ENTROPY
 
 
 class StopAtLoss(keras.callbacks.Callback):
@@ -84,9 +85,8 @@ class StopAtLoss(keras.callbacks.Callback):
         self.stopped_epoch: Optional[int] = None
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        loss = logs.get(CROSS_ENTROPY, logs.get("loss"))
-        if loss is not None and float(loss) <= self.threshold:
+        loss = optimization.epoch_cross_entropy(logs)  # the optimization measures read it too
+        if loss is not None and loss <= self.threshold:
             self.model.stop_training = True
             self.stopped_epoch = epoch + 1
 
@@ -112,6 +112,95 @@ def log_flatness(model, x, y, seed: int, step: int) -> Dict[str, float]:
     print(f"flatness at epoch {step} in {values['flatness_seconds']:.1f}s: "
           + ", ".join(f"{k}={values[k]:.4g}" for k in flatness.MEASURES), flush=True)
     return values
+
+
+#: SPEC §8's three searches as suite measures: what ``flatness=true`` adds to ``suite=cheap``
+FLATNESS_SEARCHES = ("pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_mag_flatness")
+#: the σ′ / α′ of the searches (`cna_tf.suite.SuiteResult.parameters`), logged beside them
+SEARCH_PARAMETERS = ("pacbayes_sigma", "pacbayes_mag_sigma", "sharpness_alpha",
+                     "sharpness_mag_alpha")
+
+
+def _nan_tags(reasons: Dict[str, str], step: int) -> Dict[str, str]:
+    """``cna_nan.<metric>`` tags (`cna_tf.tracking.nan_reasons`' convention) from per-metric
+    reasons."""
+    return {f"cna_nan.{k}": f"at epoch {step}: {r}"[:5000] for k, r in reasons.items()}
+
+
+def log_suite(model, x, y, initial_weights, p: Dict[str, Any], step: int,
+              skip: Sequence[str] = ()) -> Dict[str, float]:
+    """SPEC §12's post-hoc measures of the trained model (`cna_tf.suite.compute`), logged at the
+    final snapshot's step; returns what was logged.
+
+    ``p["suite"]``: ``all`` computes every measure, ``cheap`` all but the searches, plus §8's
+    three searches when ``p["flatness"]`` (so no search runs twice). Logs each measure, the
+    σ′/α′ of the searches that ran, γ₁₀ (``gamma_10``), the time of each search
+    (``<measure>_seconds``), of the cheap part (``suite_cheap_seconds``), the searches'
+    total (``flatness_seconds``) and of the whole (``suite_seconds``); a NaN measure gets the
+    tag ``cna_nan.<measure>`` with the reason. Names in ``skip`` (logged at every snapshot by
+    `cna_tf.CNACallback` already) are not logged again.
+    """
+    import mlflow
+
+    names = None
+    if p["suite"] == "cheap":
+        names = list(suite.CHEAP) + (list(FLATNESS_SEARCHES) if p["flatness"] else [])
+    t0 = time.time()
+    result = suite.compute(model, x, y, initial_weights=initial_weights, names=names,
+                           seed=p["seed"], train_size=len(x))
+    total = time.time() - t0
+    values = {k: float(v) for k, v in result.items() if k not in skip}
+    values.update({k: float(result.parameters[k]) for k in SEARCH_PARAMETERS + ("gamma_10",)
+                   if k in result.parameters})
+    searches = {k: float(v) for k, v in result.seconds.items() if k != "cheap"}
+    values.update({f"{k}_seconds": v for k, v in searches.items()})
+    if searches:
+        values["flatness_seconds"] = sum(searches.values())
+    if "cheap" in result.seconds:
+        values["suite_cheap_seconds"] = float(result.seconds["cheap"])
+    values["suite_seconds"] = total
+    mlflow.log_metrics(values, step=step)
+    tags = _nan_tags({k: r for k, r in result.reasons.items() if k not in skip}, step)
+    if tags:
+        mlflow.set_tags(tags)
+    print(f"suite ({p['suite']}) at epoch {step}: {len(result)} measures in {total:.1f}s"
+          + (f" ({len(tags)} NaN: {', '.join(sorted(result.reasons))})" if tags else ""),
+          flush=True)
+    return values
+
+
+def log_optimization(model, x, y, cross_entropy: Dict[int, float], p: Dict[str, Any],
+                     step: int) -> Dict[str, float]:
+    """SPEC §12's optimization-based measures of this training run, logged at the final
+    snapshot's step: ``steps_to_ce_0.1``, ``steps_ce_0.1_to_0.01`` (from ``cross_entropy``,
+    ``{epoch: the epoch's training cross-entropy}``, s = ceil(n_train / batch_size)) and
+    ``grad_noise_final`` (at the final weights, batches of ``batch_size``), with
+    ``cna_nan.<metric>`` tags for a threshold not reached; returns them."""
+    import mlflow
+
+    steps_per_epoch = math.ceil(len(x) / p["batch_size"])
+    values, reasons = optimization.steps_to_thresholds(cross_entropy, steps_per_epoch)
+    t0 = time.time()
+    values["grad_noise_final"] = optimization.grad_noise(model, x, y, p["batch_size"])
+    values["grad_noise_seconds"] = time.time() - t0
+    mlflow.log_metrics(values, step=step)
+    if reasons:
+        mlflow.set_tags(_nan_tags(reasons, step))
+    return values
+
+
+def _cross_entropy_series(recorder, run_id: str, weight_decay: bool) -> Dict[int, float]:
+    """Every trained epoch's cross-entropy: the recorder's, and for the epochs a resumed run
+    trained before the restart, the values `EpochLogger` logged then (step = epoch)."""
+    from cna_tf.tracking import metric_histories
+
+    series = dict(recorder.cross_entropy)
+    if 1 not in series:
+        key = CROSS_ENTROPY if weight_decay else "loss"
+        steps, values = metric_histories(run_id, [key], duplicates="last")[key]
+        for e, v in zip(steps, values):
+            series.setdefault(int(e), float(v))
+    return series
 
 
 def log_converged(converged: bool, step: int) -> None:
@@ -323,8 +412,8 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
 
     weights_file = backup / "initial_weights.npz"
     initial = _load_weights(weights_file) if resumed and weights_file.exists() else None
-    if initial is None:
-        initial = cna_tf.baselines.capture_initial_weights(model)
+    if initial is None:  # the kernels (bound_2018, dist_init) and BN state (the suite's folding)
+        initial = suite.capture_initial_weights(model)
         _save_weights(weights_file, initial)
     if resumed:
         meta = json.loads((backup / "training_metadata.json").read_text())
@@ -345,6 +434,9 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
     stop = StopAtLoss(p["stop_loss"]) if p["stop_loss"] > 0 else None
     if stop is not None:
         callbacks.insert(2, stop)
+    recorder = optimization.CrossEntropyRecorder()
+    if p["suite"] != "none":
+        callbacks.insert(2, recorder)
     callbacks[-1:-1] = list(extra_callbacks)
     if augment:
         x = ds.pipeline("train", batch_size=p["batch_size"], augment=True, seed=p["seed"])
@@ -364,8 +456,15 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
         mlflow.set_tag(TAG + "stopped_at_epoch", str(stop.stopped_epoch))
     if stop is not None:  # without stop_loss there is no criterion to reach: no flag
         log_converged(stop.stopped_epoch is not None, max(cb.history, default=0))
-    if p["flatness"] and cb.history:
-        x_plain = ds.preprocess(ds.x_train) if augment else x  # un-augmented training inputs
+    x_plain = ds.preprocess(ds.x_train) if augment else x  # un-augmented training inputs
+    if p["suite"] != "none" and cb.history:  # the suite runs §8's searches itself
+        step = max(cb.history)
+        final.update(log_suite(model, x_plain, ds.y_train, initial, p, step,
+                               skip=list(cb.history[step])))
+        final.update(log_optimization(
+            model, x_plain, ds.y_train,
+            _cross_entropy_series(recorder, run_id, bool(p["weight_decay"])), p, step))
+    elif p["flatness"] and cb.history:
         final.update(log_flatness(model, x_plain, ds.y_train, p["seed"], max(cb.history)))
     if p["save_model"]:
         with tempfile.TemporaryDirectory() as d:

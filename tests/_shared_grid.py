@@ -33,7 +33,8 @@ EXPERIMENT = "cna_tf-demo"
 CONFIG = """name: demo
 description: the test session's shared tiny grid (tests/_shared_grid.py)
 defaults: {arch: mlp, dataset: digits, depth: 2, epochs: 2, snapshot_every: 1, batch_size: 64,
-           n_train: 300, n_test: 150, max_samples: 200, save_model: true}
+           n_train: 300, n_test: 150, max_samples: 200, save_model: true,
+           suite: cheap}
 cells:
   - {label_shuffle: 0.0, width: [0.05, 0.1], seed: [0, 1]}
   - {label_shuffle: 0.5, final_only: true, width: [0.05, 0.1], seed: [0, 1]}

@@ -191,3 +191,19 @@ def test_bench_ranking(bench_run):
     assert {"sign_errors", "sign_errors_no_filter", "bootstrap"} == set(d["results"])
     assert positive(d["sign_errors_s"], d["ratio_to_bootstrap"],
                     *(r["seconds"] for r in d["results"].values()))
+
+
+def test_bench_suite(bench_run):
+    d = run_bench("bench_suite.py", bench_run)
+    assert set(d["results"]) == {"mlp/digits", "vgg18/digits"}  # --quick: both on digits
+    assert d["target_s"] == 1.0 and d["met"] == all(
+        r["cheap_seconds"] < 1.0 for r in d["results"].values())
+    for key, r in d["results"].items():
+        assert positive(r["epoch_seconds"], r["cheap_seconds"], r["cheap_seconds_warm"],
+                        r["cheap_ratio_to_epoch"], r["total_ratio_to_epoch"]), key
+        assert r["cheap_measures"] == 28 and r["m"] == 300
+        assert set(r["searches"]) == {"pacbayes_flatness", "pacbayes_mag_flatness",
+                                      "sharpness_flatness", "sharpness_mag_flatness"}
+        for name, s in r["searches"].items():
+            assert positive(s["seconds"], s["search_seconds"], s["ratio_to_epoch"]), name
+            assert 0 < s["value"] <= 2 and s["search_seconds"] <= s["seconds"]

@@ -279,8 +279,8 @@ def test_logits_are_recognised(setup):
 
 # -- arguments -------------------------------------------------------------------------------------
 
-CHOOSE = ("choose from pacbayes_flatness, pacbayes_mag_flatness, sharpness_mag_flatness (or "
-          "measures=None for all three)")
+CHOOSE = ("choose from pacbayes_flatness, pacbayes_mag_flatness, sharpness_mag_flatness, "
+          "sharpness_flatness (or measures=None for the first three)")
 
 
 def test_argument_errors_are_exact(setup):

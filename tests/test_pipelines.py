@@ -66,6 +66,16 @@ def test_demo_config_has_enough_instances_and_offline_datasets():
     assert shuffled and all(p["final_only"] for p in shuffled)
     assert {p["label_shuffle"] for p in shuffled} <= {0.1, 0.2, 0.3, 0.4, 0.5}
     assert len({cells.cell_key(p) for p in grid}) == len(grid)
+    # CI runs the demo: SPEC §12's suite without the searches (issue 37)
+    assert {p["suite"] for p in grid} == {"cheap"}
+
+
+def test_suite_levels_are_checked_and_keyed_only_when_not_all():
+    base = {"arch": "mlp"}
+    assert cells.cell_key(dict(base, suite="ALL")) == cells.cell_key(base)
+    assert cells.cell_key(dict(base, suite="cheap")) != cells.cell_key(base)
+    with pytest.raises(cells.ConfigError, match="suite must be one of all, cheap, none"):
+        cells.normalize(dict(base, suite="some"))
 
 
 def test_paper_config_is_the_spec_grid():
@@ -272,6 +282,15 @@ def test_grid_trains_every_cell_as_a_child_run(tiny_grid):
         assert tags["cna_tf.snapshots"] == "0,1,2"
         logs = client.list_artifacts(r.info.run_id, "logs")
         assert [a.path for a in logs] == ["logs/train.log"]
+        # suite=cheap (issue 37): SPEC §12's measures but no search, at the final step, timed
+        m = r.data.metrics
+        assert {"num_params", "prod_of_spec_fft", "path_norm", "grad_noise_final",
+                "suite_seconds"} <= set(m) and "pacbayes_orig" not in m
+        assert [h.step for h in client.get_metric_history(r.info.run_id, "fro_dist")] == [2]
+        assert np.isfinite(m["grad_noise_final"]) and m["suite_seconds"] > 0
+        # 2 epochs of digits never reach cross-entropy 0.1: NaN, and the tag says why
+        assert math.isnan(m["steps_to_ce_0.1"])
+        assert "cross-entropy 0.1 not reached" in tags["cna_nan.steps_to_ce_0.1"]
 
 
 @pytest.mark.slow
@@ -319,6 +338,11 @@ def test_compare_ranks_metrics_over_the_grid(tiny_grid):
     for target in ("gen_gap", "loss_gap"):
         assert f"Robust sign-error with `{target}` in All Nets" in proc.stdout
     assert "Convergence: no run set stop_loss (8 networks" in proc.stdout
+    # the suite's measures are ranked; the families' best are printed (issue 37)
+    assert "Best measure of each family with `gen_gap` in All Nets" in proc.stdout
+    # steps_to_ce_*: NaN in every run (2 epochs), so not ranked; grad_noise_final is
+    assert "| optimization | 1 | grad_noise_final |" in proc.stdout
+    assert "| spectral | " in proc.stdout and "| distance | " in proc.stdout
     import mlflow
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
@@ -448,3 +472,86 @@ def test_compare_description_keeps_whole_tables_within_mlflows_tag_limit():
         in text
     short = compare.description("Metrics ranked.", [t[:60] for t in tables])
     assert all(t[:60] in short for t in tables) and "artifact" not in short
+
+
+def test_printed_tables_keep_cna_the_baselines_and_the_best_others():
+    """compare's terminal form of a ~50-row ranking (pipelines/families.py): the CNA family,
+    the paper's baselines and the best `BEST` others, ranks kept, the rest counted; the
+    paired-fraction table under it keeps the same measures; short tables stay whole."""
+    import families
+
+    suite_names = [m for m in families.SUITE if m not in families.ALWAYS_SHOWN]
+    ranked = suite_names[:5] + ["cna_margin", "l2"] + suite_names[5:20] + ["cna_area"]
+    table = "\n".join(["Ranking", "", "| rank | metric | Kendall |", "|---|---|---|"]
+                      + [f"| {i} | {m} | +0.{i:02d} |" for i, m in enumerate(ranked, 1)]
+                      + ["", "paired", "", "| other measure | by CMI |", "|---|---|"]
+                      + [f"| {m} | 0.5 |" for m in reversed(ranked)])
+    short = families.shorten(table, best=3)
+    rows = [ln for ln in short.splitlines() if ln.startswith("| ") and "---" not in ln]
+    shown = [ln.split(" | ")[1] for ln in rows[1:1 + 6]]
+    assert shown == suite_names[:3] + ["cna_margin", "l2", "cna_area"]
+    assert "| 23 | cna_area | +0.23 |" in short          # its rank among all 23
+    assert short.count("(… and 17 more measures: every row is in compare/correlations.md)") == 2
+    paired = short.split("| other measure | by CMI |")[1]
+    assert {ln.split(" | ")[0].strip("| ") for ln in paired.splitlines() if ln.startswith("| ")
+            and "---" not in ln} == set(shown)
+    # an unranked table takes the order it is given; a short one is left whole
+    by_order = families.shorten(table, order=[suite_names[10]] + ranked, best=1)
+    assert f"| 13 | {suite_names[10]} |" in by_order and f"| {suite_names[0]} |" not in by_order
+    small = "| metric | x |\n|---|---|\n| cna_area | 1 |\n| dist_init | 2 |"
+    assert families.shorten(small) == small
+    assert families.family("prod_of_spec_fft") == "spectral"
+    assert families.family("steps_to_ce_0.1") == "optimization"
+    assert families.family("my_measure") == "users' measures"
+
+
+@pytest.mark.slow
+def test_compare_ranks_the_whole_suite_and_prints_it_short(tmp_path, monkeypatch, capsys):
+    """Runs logged by hand with every SPEC §12 measure (issue 37): every measure is in every
+    artifact table and the CSV (with its family), the printed tables keep CNA, the baselines
+    and the best others, and say how many rows are elsewhere."""
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    import compare as compare_step
+    import families
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    client = mlflow.MlflowClient()
+    exp = client.create_experiment("suite")
+    grid = client.create_run(exp, tags={"cna_tf.role": "grid"})
+    rng = np.random.default_rng(0)
+    measures = list(compare_step.METRICS) + list(compare_step.SUITE)
+    for i in range(8):
+        rid = client.create_run(exp, tags={"cna_tf.role": "train", "arch": "mlp",
+                                           "mlflow.parentRunId": grid.info.run_id,
+                                           "cna_tf.final_only": "true"}).info.run_id
+        gap = 0.05 * i
+        values = {m: float(rng.standard_normal()) for m in measures}
+        values.update(gen_gap=gap, loss_gap=2 * gap, test_acc=1 - gap, train_acc=1.0)
+        client.log_batch(rid, metrics=[Metric(k, v, 0, 5) for k, v in values.items()],
+                         params=[Param("width", str(0.1 * (i % 4 + 1))),
+                                 Param("seed", str(i // 4)), Param("arch", "mlp")])
+        client.set_terminated(rid, "FINISHED")
+    client.set_terminated(grid.info.run_id, "FINISHED")
+    rows = compare_step.main(["--experiment", "suite", "--replicates", "20"])
+    out = capsys.readouterr().out
+    ranked = {r["metric"] for r in rows if r["target"] == "gen_gap"}
+    assert set(measures) <= ranked
+    assert {r["family"] for r in rows if r["metric"] == "spec_orig_main_fft"} == {"spectral"}
+    run = client.search_runs([exp], "tags.`cna_tf.role` = 'compare'")[0]
+    md = Path(client.download_artifacts(run.info.run_id, "compare/correlations.md",
+                                        str(tmp_path))).read_text()
+    for m in measures:   # in the correlation, interval and sign-error tables of both gaps
+        assert md.count(f"| {m} |") >= 6, m
+    # printed: every table cut, the CNA family and the baselines always in
+    cut = out.count("more measures: every row is in compare/correlations.md")
+    assert cut >= 7
+    for m in families.ALWAYS_SHOWN:
+        assert f"| {m} |" in out
+    assert sum(f"| {m} |" in out for m in compare_step.SUITE) < len(compare_step.SUITE)
+    assert "Best measure of each family with `gen_gap` in All Nets" in out
+    # the Description: whole tables only
+    note = run.data.tags["mlflow.note.content"]
+    assert len(note) <= compare_step.DESCRIPTION_LIMIT and "(… and" not in note

@@ -305,6 +305,29 @@ def test_compare_ranks_the_scored_measure_in_every_table(store, capsys):
     assert "ranked_measure" in table.splitlines()[0]
 
 
+@pytest.mark.slow
+def test_a_suite_measure_scores_the_saved_networks(store):
+    """SPEC §12: ``-e score -P measure=cna_tf.suite:pacbayes_orig`` on a zoo, no retraining;
+    each value is `cna_tf.suite.compute` on the network's own training set (all m points,
+    seed 0). (Under its own name the suite measure may fill in the built-in metric; these runs
+    may already have it from `train`, so it is scored here under another name.)"""
+    import keras
+
+    from cna_tf import suite
+
+    d, client, exp, _ = store
+    rows = _score("--measure", "cna_tf.suite:pacbayes_orig", "--name", "suite_pacbayes_orig")
+    assert [r["status"] for r in rows] == ["scored"] * N
+    run = _runs(client, exp)[0]
+    model = keras.saving.load_model(client.download_artifacts(
+        run.info.run_id, "model/model.keras", str(d / f"suite-{run.info.run_id}")))
+    ds = _hand_dataset(run)
+    want = suite.compute(model, ds.preprocess(ds.x_train), ds.y_train,
+                         names=["pacbayes_orig"])["pacbayes_orig"]
+    (logged,) = client.get_metric_history(run.info.run_id, "suite_pacbayes_orig")
+    assert logged.value == pytest.approx(want, rel=1e-9)
+
+
 def test_the_example_measure_is_the_mean_per_point_gradient_norm(monkeypatch):
     """examples/pgdl_measure.py: the batch trick (one gradient of the summed true-class
     probabilities) gives each point's own gradient norm, as one gradient per point does."""
