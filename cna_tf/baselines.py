@@ -45,7 +45,9 @@ Choices where SPEC §2 is silent (all documented here once):
   mean and variance, as the published PyTorch code squares parameters but not buffers). It runs
   in inference mode on a batch of one all-ones input (the model's input shape and dtype), and the
   sum is taken over the classifier's affine output (before any fused or following activation).
-  Float64 keeps deep nets from overflowing float32. The user's model is never changed.
+  Float64 keeps deep nets from overflowing float32. The user's model is never changed. A
+  subclassed model is cloned through its traced functional twin (`cna_tf.probe.layer_graph`),
+  which holds the same layers and variables, so it needs no ``get_config``.
 * **Log space.** Products are sums of logs; the natural-scale float64 value is ``exp`` at the end,
   ``inf`` only where it exceeds float64 (~1.8e308), never an overflow warning.
 * **Undefined values** are NaN with a `cna_tf.measures.CNAWarning` naming the reason (never an
@@ -72,7 +74,7 @@ import numpy as np
 from keras import ops
 
 from cna_tf.measures import CNAWarning
-from cna_tf.probe import graph_inputs, named_affine_layers, replay
+from cna_tf.probe import graph_inputs, layer_graph, named_affine_layers, replay
 
 __all__ = ["compute", "l2", "spectral", "l2_path", "bound_2018", "l2_raw", "spectral_raw",
            "l2_path_raw", "capture_initial_weights", "initial_kernels", "kernel_matrices",
@@ -247,14 +249,16 @@ def kernel_matrices(model: keras.Model) -> List[KernelMatrix]:
     """The matrices W_1..W_d of SPEC §2 in forward order, the classifier included.
 
     Args:
-        model: a built Functional or Sequential Keras model (nested models are expanded).
+        model: a built Keras model: Functional, Sequential or subclassed (traced as
+            `cna_tf.ActivationProbe` traces it); nested models and custom blocks are expanded.
 
     Returns:
         One `KernelMatrix` per kernel of every call of every weighted affine layer (two for a
         SeparableConv), with float64 copies of the kernels.
 
     Raises:
-        cna_tf.UntraceableModelError: for a subclassed or unbuilt model (see `ActivationProbe`).
+        cna_tf.UntraceableModelError: an unbuilt model or a ``call()`` that cannot be traced
+            (see `ActivationProbe`).
     """
     out: List[KernelMatrix] = []
     for name, layer in named_affine_layers(model, include_output=True):
@@ -398,6 +402,8 @@ def _log_products(mats: Sequence[KernelMatrix]) -> Tuple[float, float, np.ndarra
 # -- the squared-weight copy (path norm) ------------------------------------------------------
 
 def _clone_float64(layer):
+    if not isinstance(layer, keras.layers.Layer):  # a keras.ops node of a traced graph
+        return layer
     config = layer.get_config()
     config["dtype"] = "float64"
     for key in config:  # every variable is overwritten: skip the random initialization
@@ -406,12 +412,25 @@ def _clone_float64(layer):
     return layer.__class__.from_config(config)
 
 
+def _keep_ops(layer):
+    if not isinstance(layer, keras.layers.Layer):
+        return layer
+    return layer.__class__.from_config(layer.get_config())
+
+
 def _squared_copy(model: keras.Model) -> keras.Model:
-    """A float64 (where possible) clone whose trainable variables are squared."""
+    """A float64 (where possible) clone whose trainable variables are squared.
+
+    A subclassed model (which ``clone_model`` can only rebuild from a ``get_config``) is
+    cloned through its traced functional twin, which holds the same layers and variables.
+    """
+    graph = layer_graph(model)
+    if graph is not model and graph is not getattr(model, "_functional", None):
+        model = graph
     try:
         copy = keras.models.clone_model(model, clone_function=_clone_float64, recursive=True)
     except Exception:  # noqa: BLE001 - e.g. a custom layer without a dtype argument
-        copy = keras.models.clone_model(model, recursive=True)
+        copy = keras.models.clone_model(model, clone_function=_keep_ops, recursive=True)
     src, dst = model.weights, copy.weights
     if len(src) != len(dst) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(src, dst)):
         raise ValueError("the clone of the model has different variables than the model")
@@ -648,7 +667,7 @@ def compute(model: keras.Model, margin: float, initial_weights: InitialWeights =
     """All baselines of SPEC §2 for one network instance.
 
     Args:
-        model: a built Functional or Sequential Keras model (nested models allowed). It is not
+        model: a built Keras model, Functional, Sequential or subclassed. It is not
             changed: the path norm runs on a squared-weight clone.
         margin: the network margin gamma_margin (SPEC §1, eq. 6), e.g. `cna_tf.margin`.
         initial_weights: the weights before training, as the dict
@@ -667,7 +686,7 @@ def compute(model: keras.Model, margin: float, initial_weights: InitialWeights =
         without ``initial_weights``.
 
     Raises:
-        cna_tf.UntraceableModelError: a subclassed or unbuilt model.
+        cna_tf.UntraceableModelError: an unbuilt model or an untraceable ``call()``.
         ValueError: ``initial_weights`` that do not match the model, or a bad ``train_size``.
     """
     initial_weights, log_gamma, reason, mats, (log_l2, log_spec, log_sig) = _prepare(

@@ -476,8 +476,25 @@ class CNACallback(keras.callbacks.Callback):
         return m
 
     # -- Keras hooks --------------------------------------------------------------------------
+    def _build_model(self) -> None:
+        """Builds a subclassed model that fit() has not built yet (with TensorFlow, fit builds
+        it at its first step, after on_train_begin) by calling it on one training input in
+        inference mode, which creates its weights as that first step would."""
+        if self.model.built:
+            return
+        split = next((s for s in (self._sub_train, self._full_train)
+                      if isinstance(s, Samples)), None)
+        if split is not None:
+            x = split._model_inputs(0, 1)
+        else:
+            raw = np.asarray(next(iter(self._full_train.stream))[0])[:1]
+            prep = self._full_train._preprocess
+            x = prep(raw) if prep else raw
+        self.model(x, training=False)
+
     def on_train_begin(self, logs=None):
         from cna_tf import baselines
+        self._build_model()
         self.probe = ActivationProbe(self.model, **self.probe_kwargs)
         units = self.model.outputs[0].shape[-1] if getattr(self.model, "outputs", None) else None
         if units:  # the checks margins() would make at the first full snapshot, made now

@@ -403,7 +403,7 @@ def evaluate(model, train, test, preprocess: Optional[Callable] = None, value_ra
         >>> m["cna_test"], m["cna_margin"]
 
     Args:
-        model: a Functional or Sequential Keras classifier.
+        model: a Keras classifier: Functional, Sequential or subclassed (see `ActivationProbe`).
         train: the training set: ``(raw_images, labels)`` arrays, or a re-iterable batched
             stream of ``(raw_images, labels)`` (``tf.data.Dataset``, ``keras.utils.PyDataset``;
             see the module docstring), read batch by batch. Alpha is computed on the raw

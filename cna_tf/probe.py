@@ -1,8 +1,8 @@
 """Activation extraction: per-layer reduced activations z_d(x), computed in-graph.
 
-`ActivationProbe` wraps a user's Functional or Sequential Keras model in one extra Keras model
-whose outputs are the per-sample sums (or means) of each probe layer's activation, stacked into an
-(n, L) array, next to the model's own outputs. The reduction runs inside the compiled predict
+`ActivationProbe` wraps a user's Keras model in one extra Keras model whose outputs are the
+per-sample sums (or means) of each probe layer's activation, stacked into an (n, L) array, next to
+the model's own outputs. The reduction runs inside the compiled predict
 function, so only (n, L) sums and (n, classes) outputs cross from the device to the host.
 
 The probe replays the model's layer graph inside a single wrapper layer: nested models are
@@ -10,10 +10,18 @@ expanded in call order, every layer runs with ``training=False``, and no layer o
 gets a new node or a changed attribute. A fused activation's pre-activation is computed by running
 the layer's own ``call`` against a read-only view of the layer whose activation is None, inside
 the executed call, so the affine part is computed once and the activation is applied once.
+
+A subclassed model (layers as attributes, ``call()`` in Python), or a model holding custom layers
+with Dense/Conv sublayers, has no layer graph to replay: `layer_graph` records one by running its
+``call()`` once on symbolic ``keras.Input`` tensors, with every such container running its own
+``call()`` instead of becoming one opaque node, so each layer and ``keras.ops`` operation it calls
+becomes a node in call order. The twin shares the model's layers; the nodes the trace added to
+them are removed again.
 """
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -27,7 +35,7 @@ except ImportError:  # pragma: no cover - future Keras layouts
     _Functional = keras.Model
 
 __all__ = ["ActivationProbe", "affine_layers", "named_affine_layers", "graph_inputs", "replay",
-           "UntraceableModelError", "AFFINE_LAYER_TYPES"]
+           "layer_graph", "UntraceableModelError", "AFFINE_LAYER_TYPES"]
 
 AFFINE_LAYER_TYPES: Tuple[type, ...] = tuple(
     getattr(keras.layers, name) for name in (
@@ -45,7 +53,8 @@ _NONLINEAR_OPS = {"relu", "relu6", "sigmoid", "tanh", "softmax", "logsoftmax", "
 
 
 class UntraceableModelError(TypeError):
-    """The probe cannot see the layer graph of a model (e.g. a subclassed keras.Model)."""
+    """The probe cannot see the layer graph of a model (an unbuilt model, or a subclassed
+    model whose ``call()`` cannot be traced on symbolic inputs)."""
 
 
 def _is_affine(op) -> bool:
@@ -73,8 +82,168 @@ def _is_model(op) -> bool:
     return isinstance(op, keras.Model)
 
 
-def _graph_of(model) -> "_Functional":
-    """The Functional graph to replay for a Functional or Sequential model."""
+def _is_graph_model(op) -> bool:
+    return isinstance(op, (_Functional, keras.Sequential))
+
+
+def _is_container(op) -> bool:
+    """A layer whose Python ``call()`` hides Dense/Conv sublayers from any layer graph: a
+    subclassed keras.Model or a custom Layer (e.g. a residual block) holding weighted layers."""
+    if not isinstance(op, keras.layers.Layer) or _is_affine(op) or _is_graph_model(op):
+        return False
+    return any(_is_affine(sub) for sub in op._flatten_layers(include_self=False, recursive=True))
+
+
+def _opaque_ops(graph) -> List[Any]:
+    return [op for op in graph.operations if _is_container(op)]
+
+
+# model -> (traced Functional, {id(layer): name prefix}); a model is traced once.
+_TRACED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_TRACE_LOCK = threading.RLock()
+
+_TRACE_FIX = (
+    "The probe runs call() once on symbolic keras.Input tensors (training=False) to record the "
+    "order in which it calls its Dense/Conv layers, so call() must be written in Keras layers "
+    "and keras.ops: no Python if/while on tensor values (use keras.ops.where), no "
+    "backend-specific functions (tf.*, jax.numpy, torch.*) on tensors, and every Dense/Conv "
+    "layer called directly, not inside keras.ops.cond/while_loop or a tf.function. Otherwise "
+    "build the network with the functional API (keras.Model(inputs, outputs)) from the same "
+    "layer objects, so trained weights carry over.")
+
+
+def _untraceable(model, what: str) -> UntraceableModelError:
+    return UntraceableModelError(
+        f"ActivationProbe cannot trace {type(model).__name__} '{getattr(model, 'name', model)}': "
+        f"{what}. {_TRACE_FIX}")
+
+
+def _trace_inputs(model) -> Any:
+    """Symbolic inputs for a trace: the graph's own inputs' specs, or the shape a subclassed
+    model was built with (its batch dimension left free)."""
+    if _is_graph_model(model):
+        graph = model if isinstance(model, _Functional) else model._functional
+        flat = [keras.Input(batch_shape=(None,) + tuple(t.shape[1:]), dtype=t.dtype)
+                for t in graph.inputs]
+        return keras.tree.pack_sequence_as(graph._inputs_struct, flat)
+    shapes = getattr(model, "_build_shapes_dict", None)
+    if model.built and not shapes:
+        raise _untraceable(model, "Keras recorded no input shape when it built the model, "
+                                  "because its own symbolic run of call() failed too")
+    if not shapes:
+        raise UntraceableModelError(
+            f"subclassed model '{model.name}' ({type(model).__name__}) has not been built, so "
+            "its input shape is unknown. Call it once on a batch (model(x[:1])) or call "
+            "model.build((None, ...)) before creating an ActivationProbe (fit() builds it too).")
+    if len(shapes) != 1:
+        raise _untraceable(model, f"its call() takes {len(shapes)} tensor arguments "
+                                  f"({', '.join(shapes)}); the probe traces one input argument "
+                                  "(a tensor, or a list/dict of tensors)")
+    shape = next(iter(shapes.values()))
+
+    def is_shape(s) -> bool:
+        return isinstance(s, (tuple, list)) and all(d is None or isinstance(d, int) for d in s)
+
+    def make(s):
+        return keras.Input(batch_shape=(None,) + tuple(s[1:]), dtype=model.input_dtype)
+
+    if is_shape(shape):
+        return make(shape)
+    if isinstance(shape, dict):
+        return {k: make(v) for k, v in shape.items()}
+    return [make(s) for s in shape]
+
+
+def _expansion(model) -> Tuple[List[Any], Dict[int, str]]:
+    """The containers to open during a trace (model first) and every sublayer's name prefix
+    (``block/`` for a layer held by a custom block ``block``; nested functional models are not
+    opened, the replay expands them)."""
+    containers, prefixes = [model], {}
+
+    def visit(layer, prefix: str) -> None:
+        for sub in layer._flatten_layers(include_self=False, recursive=False):
+            prefixes.setdefault(id(sub), prefix)
+            if _is_container(sub) and all(sub is not c for c in containers):
+                containers.append(sub)
+                visit(sub, f"{prefix}{sub.name}/")
+
+    visit(model, "")
+    return containers, prefixes
+
+
+def _trace(model) -> Tuple["_Functional", Dict[int, str]]:
+    """A functional twin of ``model`` recorded from one symbolic run of its ``call()``.
+
+    Every container (the model, custom layers holding Dense/Conv layers) runs its own
+    ``call()`` on ``keras.KerasTensor`` inputs instead of being one opaque node, so each layer
+    and keras.ops operation it calls becomes a node of the graph in call order. The twin
+    shares the model's layer objects (its weights are the model's); the nodes the trace adds to
+    those layers are removed again, so the user's layers are left as they were.
+    """
+    cached = _TRACED.get(model)
+    if cached is not None:
+        return cached
+    with _TRACE_LOCK:
+        inputs = _trace_inputs(model)
+        containers, prefixes = _expansion(model)
+        layers = [model] + list(model._flatten_layers(include_self=False, recursive=True))
+        saved = [(op, len(op._inbound_nodes), len(op._outbound_nodes)) for op in layers]
+        history: Dict[int, Tuple[Any, Any]] = {}
+
+        def opened(layer):
+            def symbolic_call(*args, **kwargs):
+                out = layer.call(*args, **kwargs)
+                for t in keras.tree.flatten(out):
+                    if isinstance(t, keras.KerasTensor) and id(t) not in history:
+                        history[id(t)] = (t, getattr(t, "_keras_history", None))
+                return out
+            return symbolic_call
+
+        try:
+            for layer in containers:
+                # Operation.__call__ looks symbolic_call up on the instance: this layer's own
+                # call() then runs on the KerasTensors, and the layers inside record nodes.
+                object.__setattr__(layer, "symbolic_call", opened(layer))
+            kwargs = {"training": False} if getattr(model, "_call_has_training_arg", False) \
+                else {}
+            try:
+                outputs = model(inputs, **kwargs)
+                # Layer.__call__ then adds a node of the container itself, which re-labels its
+                # outputs as the container's: give them back the history of their producer.
+                for t, h in history.values():
+                    t._keras_history = h
+                graph = keras.Model(inputs, outputs, name=f"{model.name}_traced")
+            except UntraceableModelError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported as one error with the fix
+                raise _untraceable(
+                    model, f"running its call() on symbolic inputs failed with "
+                           f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            for layer in containers:
+                if "symbolic_call" in vars(layer):
+                    object.__delattr__(layer, "symbolic_call")
+            for op, n_in, n_out in saved:
+                del op._inbound_nodes[n_in:]
+                del op._outbound_nodes[n_out:]
+        reached = {id(op) for op in graph._flatten_layers(include_self=False, recursive=True)}
+        missing = [op.name for op in layers if _is_affine(op) and op.built
+                   and id(op) not in reached]
+        if missing:
+            raise _untraceable(
+                model, f"its weighted layers {missing[:5]} hold weights but were not called as "
+                       "graph nodes during the trace (called inside an operation the trace "
+                       "cannot see into, or only when training=True)")
+        _TRACED[model] = (graph, prefixes)
+        return graph, prefixes
+
+
+def _graph_of(model) -> Tuple["_Functional", Dict[int, str]]:
+    """The Functional graph to replay, and the name prefixes of layers inside custom blocks.
+
+    A Functional or Sequential model is its own graph unless it holds custom layers with
+    Dense/Conv sublayers; those, and subclassed models, are traced (`_trace`).
+    """
     if isinstance(model, keras.Sequential):
         graph = getattr(model, "_functional", None)
         if graph is None:
@@ -82,15 +251,24 @@ def _graph_of(model) -> "_Functional":
                 f"Sequential model '{model.name}' has no defined input shape, so its layer graph "
                 "does not exist yet. Start it with keras.Input(shape=...) or call "
                 "model.build(input_shape) before creating an ActivationProbe.")
-        return graph
-    if isinstance(model, _Functional):
-        return model
-    raise UntraceableModelError(
-        f"ActivationProbe cannot trace {type(model).__name__} '{getattr(model, 'name', model)}': "
-        "it is a subclassed keras.Model whose call() is Python code, so the order of its Dense/"
-        "Conv layers is unknown. Build the network with the functional API "
-        "(keras.Model(inputs, outputs)) or keras.Sequential; a functional model can reuse the "
-        "same layer objects, so trained weights carry over.")
+        if not _opaque_ops(graph):
+            return graph, {}
+    elif isinstance(model, _Functional) and not _opaque_ops(model):
+        return model, {}
+    return _trace(model)
+
+
+def layer_graph(model: keras.Model) -> keras.Model:
+    """The Functional model whose layer graph the probe replays.
+
+    A Functional model itself; a Sequential model's graph; for a subclassed model (or a model
+    holding custom layers with Dense/Conv sublayers) a functional twin traced from one
+    symbolic run of ``call()``, sharing the model's layers and weights.
+
+    Raises:
+        UntraceableModelError: an unbuilt model or a ``call()`` that cannot be traced.
+    """
+    return _graph_of(model)[0]
 
 
 def _check_opaque(op) -> None:
@@ -169,14 +347,14 @@ class _Plan:
 
     def __init__(self, model, mode: str):
         self.mode = mode
-        self.graph = _graph_of(model)
+        self.graph, prefixes = _graph_of(model)
         self.steps: List[_Step] = []
         self.probes: List[_Probe] = []
         self._pending: Dict[Tuple[int, int], Tuple[int, int]] = {}  # key -> (probe, BN hops)
         self._resolved: set = set()
         self._scopes = 0
         self._calls: Dict[int, int] = {}
-        self._walk(self.graph, 0, "")
+        self._walk(self.graph, 0, "", prefixes)
 
     @staticmethod
     def _ordered_nodes(graph) -> list:
@@ -193,13 +371,13 @@ class _Plan:
         if probe not in self._resolved:
             self._pending[key] = (probe, hops)
 
-    def _walk(self, graph, scope: int, prefix: str) -> None:
+    def _walk(self, graph, scope: int, prefix: str, prefixes: Dict[int, str]) -> None:
         for node in self._ordered_nodes(graph):
             op = node.operation
             in_keys = [(scope, id(t)) for t in node.input_tensors]
             out_keys = [(scope, id(t)) for t in node.outputs]
             if _is_model(op):
-                inner = _graph_of(op)
+                inner, inner_prefixes = _graph_of(op)
                 self._scopes += 1
                 inner_scope = self._scopes
                 self.steps.append(_Step("enter", scope, node, op, inner_scope=inner_scope,
@@ -207,7 +385,8 @@ class _Plan:
                 for k, t in zip(in_keys, inner.inputs):
                     if k in self._pending:
                         self._pending[(inner_scope, id(t))] = self._pending[k]
-                self._walk(inner, inner_scope, f"{prefix}{op.name}/")
+                self._walk(inner, inner_scope, f"{prefix}{prefixes.get(id(op), '')}{op.name}/",
+                           inner_prefixes)
                 self.steps.append(_Step("exit", scope, node, op, inner_scope=inner_scope,
                                         inner_graph=inner))
                 for t, k in zip(inner.outputs, out_keys):
@@ -218,7 +397,8 @@ class _Plan:
             if _is_affine(op):
                 count = self._calls.get(id(op), 0)
                 self._calls[id(op)] = count + 1
-                name = f"{prefix}{op.name}" + (f"@{count}" if count else "")
+                name = (f"{prefix}{prefixes.get(id(op), '')}{op.name}"
+                        + (f"@{count}" if count else ""))
                 fused = _has_fused_nonlinearity(op)
                 step.probe = len(self.probes)
                 step.split = fused and self.mode == "pre"
@@ -341,7 +521,12 @@ class ActivationProbe:
         >>> b = cna_tf.beta(sums)
 
     Args:
-        model: a built Functional or Sequential ``keras.Model`` (nested models allowed).
+        model: a built ``keras.Model``: Functional, Sequential or subclassed. Nested models
+            are expanded in call order. A subclassed model, or a custom layer holding
+            Dense/Conv layers (a residual block), is traced: its ``call()`` runs once on
+            symbolic ``keras.Input`` tensors with ``training=False``, which records the layers
+            it calls in the order it calls them (`layer_graph`); layers inside a custom block
+            are named ``block/layer``. The probe then replays that graph like a functional one.
         mode: ``"pre"`` (default, paper §3.2): each layer's affine output before its fused
             activation and before any following BatchNormalization. ``"post"``: the first
             nonlinearity downstream of the layer (its fused activation, or an Activation/ReLU
@@ -352,8 +537,10 @@ class ActivationProbe:
         include_output: keep the classifier layer as the last probe layer.
 
     Raises:
-        UntraceableModelError: for a subclassed model, an unbuilt Sequential model or a custom
-            layer that hides Dense/Conv sublayers.
+        UntraceableModelError: an unbuilt model, or a ``call()`` that cannot be traced on
+            symbolic inputs (Python control flow on tensor values, backend-specific functions,
+            Dense/Conv layers called inside ``keras.ops.cond``/``while_loop``); the message
+            names the model, what failed and the fix.
         ValueError: for a bad ``mode``/``reduce`` or fewer than two probe layers.
     """
 
@@ -598,9 +785,10 @@ def graph_inputs(model: keras.Model) -> List[Any]:
     """The symbolic inputs of the layer graph the probe replays (a Sequential model's too).
 
     Raises:
-        UntraceableModelError: for a subclassed or unbuilt model (see `ActivationProbe`).
+        UntraceableModelError: an unbuilt model or an untraceable ``call()`` (see
+            `ActivationProbe`).
     """
-    return list(_graph_of(model).inputs)
+    return list(layer_graph(model).inputs)
 
 
 def replay(model: keras.Model, inputs: Sequence[Any], mode: str = "pre",
@@ -612,7 +800,7 @@ def replay(model: keras.Model, inputs: Sequence[Any], mode: str = "pre",
     affine output from it.
 
     Args:
-        model: a Functional or Sequential model (nested models are expanded).
+        model: a Functional, Sequential or subclassed model (nested models are expanded).
         inputs: one tensor per input of `graph_inputs(model)`, in that order.
         mode: ``"pre"`` or ``"post"``, as in `ActivationProbe`.
         training: the training flag passed to every layer.

@@ -227,10 +227,25 @@ def training_dataset(ds, batch_size: int):
 
 
 def load_model(path: str):
-    """A model saved as ``.keras`` (``keras.saving.load_model``, safe mode)."""
+    """A model saved as ``.keras`` (``keras.saving.load_model``, safe mode).
+
+    Raises:
+        ValueError: the file cannot be rebuilt into a model, e.g. a subclassed model whose class
+            is not registered or has no ``get_config``, naming the file, the cause and the fix.
+    """
     import keras
 
-    return keras.saving.load_model(path)
+    try:
+        return keras.saving.load_model(path)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"the model saved at {path} cannot be reloaded: {type(exc).__name__}: {exc}\n"
+            "A subclassed keras.Model reloads only when its class is decorated with "
+            "@keras.saving.register_keras_serializable(), has a get_config() returning its "
+            "constructor arguments, and its module is imported where the model is loaded "
+            "(for score: in the measure's file). Otherwise save a functional twin of it "
+            "(keras.Model(inputs, outputs) reusing its layers), which needs none of this."
+        ) from exc
 
 
 def scored_tag(measure: Measure, **extra: Any) -> str:

@@ -36,6 +36,21 @@ def build():
     return keras.Model(inp, out)
 
 
+class Subclassed(keras.Model):
+    """build()'s network as a subclassed model over the same layer objects (same weights)."""
+
+    def __init__(self, functional):
+        super().__init__(name="subclassed")
+        for name in ("c1", "bn1", "c2", "bn2", "d1", "head"):
+            setattr(self, name, functional.get_layer(name))
+        self.flat = layers.Flatten()
+
+    def call(self, x, training=False):
+        x = self.bn1(self.c1(x), training=training)
+        h = self.bn2(self.c2(x), training=training)
+        return self.head(self.d1(self.flat(keras.ops.relu(x + h))))
+
+
 def main(out_dir, save):
     backend = keras.backend.backend()
     ds = cna_tf.data.load("digits", n_train=400, n_test=200, seed=0)
@@ -60,12 +75,26 @@ def main(out_dir, save):
            "cna_area": cna_tf.cna_area(a_tr, b_tr, a_te, b_te),
            "evaluate": cna_tf.evaluate(model, ds.train, ds.test, preprocess=ds.preprocess,
                                        value_range=ds.value_range, probe=probe)}
+    sub = Subclassed(model)
+    sub(x_te[:1])
+    sub_probe = cna_tf.ActivationProbe(sub)
+    res["sub_layer_names"] = sub_probe.layer_names
+    res["sub_sums"] = sub_probe.layer_sums(x_te, batch_size=64).tolist()
+    res["sub_evaluate"] = cna_tf.evaluate(sub, ds.train, ds.test, preprocess=ds.preprocess,
+                                          value_range=ds.value_range)
     model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
     cb = cna_tf.CNACallback(ds.train, ds.test, preprocess=ds.preprocess,
                             value_range=ds.value_range, full_every=1, mlflow=False)
     model.fit(x_tr, ds.y_train, epochs=2, batch_size=100, shuffle=False, verbose=0,
               callbacks=[cb])
     res["history"] = {str(k): v for k, v in cb.history.items()}
+    # a subclassed model in fit (it continues from the weights the functional fit left)
+    sub.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    cb = cna_tf.CNACallback(ds.train, ds.test, preprocess=ds.preprocess,
+                            value_range=ds.value_range, full_every=1, mlflow=False)
+    sub.fit(x_tr, ds.y_train, epochs=1, batch_size=100, shuffle=False, verbose=0,
+            callbacks=[cb])
+    res["sub_history"] = {str(k): v for k, v in cb.history.items()}
     res["tensorflow_imported"] = sys.modules.get("tensorflow") is not None
     try:
         ds.pipeline("train", batch_size=32)

@@ -58,6 +58,17 @@ def test_backend_agrees_with_tensorflow(reference, backend):
     assert close(got["cna"], ref["cna"]) and close(got["cna_area"], ref["cna_area"])
     for key, value in ref["evaluate"].items():
         assert close(got["evaluate"][key], value), (key, got["evaluate"][key], value)
+    # the subclassed twin of the same network: the functional model's figures, on every backend
+    for res in (ref, got):
+        assert res["sub_layer_names"] == res["layer_names"]
+        np.testing.assert_allclose(res["sub_sums"], res["sums"], rtol=1e-5, atol=1e-4)
+        for key, value in res["evaluate"].items():
+            assert close(res["sub_evaluate"][key], value, rtol=1e-5), (key, res["backend"])
+    assert got["sub_history"].keys() == ref["sub_history"].keys() == {"0", "1"}
+    for epoch, metrics in ref["sub_history"].items():
+        for key, value in metrics.items():
+            assert close(got["sub_history"][epoch][key], value, rtol=1e-4, atol=1e-4), \
+                (epoch, key, got["sub_history"][epoch][key], value)
     assert got["history"].keys() == ref["history"].keys() == {"0", "1", "2"}
     for epoch, metrics in ref["history"].items():
         assert metrics.keys() == got["history"][epoch].keys()

@@ -378,19 +378,28 @@ def test_shared_layer_counts_once_per_call(rng):
     assert B.l2_path_raw(model) == pytest.approx(math.sqrt(path.sum()), rel=1e-10)
 
 
-def test_subclassed_model_is_untraceable():
+def test_subclassed_model_gives_its_functional_twins_baselines():
+    """A subclassed model's baselines, l2_path's squared-weight copy included, are those of the
+    functional model built from the same layers (more in test_subclassed.py)."""
     class Net(keras.Model):
         def __init__(self):
             super().__init__()
-            self.d = keras.layers.Dense(2)
+            self.d, self.e = keras.layers.Dense(4, activation="relu"), keras.layers.Dense(2)
 
         def call(self, x):
-            return self.d(x)
+            return self.e(self.d(x))
 
     net = Net()
     net(np.ones((1, 3), dtype=np.float32))
-    with pytest.raises(cna_tf.UntraceableModelError):
-        B.compute(net, 0.5)
+    inp = keras.Input((3,))
+    twin = keras.Model(inp, net.e(net.d(inp)))
+    got, want = B.compute(net, 0.5), B.compute(twin, 0.5)
+    for key in ("l2", "spectral", "l2_path", "l2_raw", "spectral_raw", "l2_path_raw"):
+        assert math.isfinite(got[key]) and got[key] == pytest.approx(want[key], rel=1e-12), key
+    w, b = (np.asarray(v, np.float64) for v in net.d.get_weights())
+    v, c = (np.asarray(u, np.float64) for u in net.e.get_weights())
+    path = (_relu(np.ones(3) @ w ** 2 + b ** 2) @ v ** 2 + c ** 2).sum()
+    assert got["l2_path_raw"] == pytest.approx(math.sqrt(path), rel=1e-10)
 
 
 # -- initial weights as model.get_weights() (SPEC §6) ------------------------------------------

@@ -28,7 +28,7 @@ def test_the_doc_shows_the_example_file_verbatim():
 def test_every_code_block_is_covered_here():
     kinds = [(f is not None, lang) for f, lang, _ in blocks()]
     assert kinds == [(False, "bash"), (True, "python"), (False, "python"), (False, "python"),
-                     (False, "python")]
+                     (False, "python"), (False, "python")]
 
 
 @pytest.mark.slow
@@ -53,10 +53,14 @@ def test_the_documented_command_runs_the_example(tmp_path):
     assert "layer_outputs['conv2d_1']: shape (8, 11, 11, 64)" in out
 
 
-@pytest.mark.parametrize("index", [2, 3, 4])
+@pytest.mark.parametrize("index", [2, 3, 4, 5])
 def test_the_other_code_blocks_run(index, capsys):
     f, lang, body = blocks()[index]
     assert lang == "python" and f is None
     exec(compile(body, f"{DOC.name} block {index}", "exec"), {"__name__": "__doc_block__"})
     if index == 2:
         assert "smoothed or mixed labels?" in capsys.readouterr().out
+    if index == 5:  # Subclassed models: the probe layers in call order, finite figures
+        out = capsys.readouterr().out
+        assert "['stem', 'block/dense']" in out and "'cna_test': " in out
+        assert "nan" not in out.split("'cna_test'")[1]

@@ -264,36 +264,46 @@ def test_keras_applications_model(rng):
     np.testing.assert_allclose(probe.layer_sums(x), want, rtol=1e-3, atol=1e-2)
 
 
-def test_subclassed_model_gets_a_clear_error():
+def test_subclassed_model_is_traced_in_call_order():
+    """A subclassed model is probed through the graph its call() traces (more in
+    test_subclassed.py), with the layers in the order call() runs them."""
     class Net(keras.Model):
         def __init__(self):
             super().__init__()
-            self.a, self.b = layers.Dense(4), layers.Dense(2)
+            self.b, self.a, self.c = layers.Dense(2), layers.Dense(4), layers.Dense(3)
 
         def call(self, x):
-            return self.b(self.a(x))
+            return self.c(self.b(self.a(x)))
 
     net = Net()
     net(np.zeros((1, 3), "float32"))
-    with pytest.raises(UntraceableModelError, match="functional API"):
-        cna_tf.ActivationProbe(net)
+    probe = cna_tf.ActivationProbe(net)
+    assert probe.layers == [net.a, net.b]
+    x = np.random.default_rng(0).random((4, 3)).astype("float32")
+    (wa, ba), (wb, bb) = net.a.get_weights(), net.b.get_weights()
+    za = x @ wa + ba
+    np.testing.assert_allclose(probe.layer_sums(x), np.stack([za.sum(1), (za @ wb + bb).sum(1)],
+                                                            1), rtol=1e-5, atol=1e-5)
 
 
-def test_custom_layer_hiding_dense_layers_is_an_error():
+def test_custom_layer_holding_dense_layers_is_expanded():
     class Block(layers.Layer):
         def __init__(self, **kw):
             super().__init__(**kw)
-            self.inner = layers.Dense(4)
+            self.inner = layers.Dense(4, name="inner")
 
         def call(self, x):
             return self.inner(x)
 
     inp = keras.Input((3,))
-    x = layers.Dense(4)(inp)
-    x = Block(name="my_block")(x)
-    model = keras.Model(inp, layers.Dense(2)(layers.Dense(3)(x)))
-    with pytest.raises(UntraceableModelError, match="my_block"):
-        cna_tf.ActivationProbe(model)
+    first, block, d3, d2 = layers.Dense(4), Block(name="my_block"), layers.Dense(3), \
+        layers.Dense(2)
+    model = keras.Model(inp, d2(d3(block(first(inp)))))
+    twin = keras.Model(inp, d2(d3(block.inner(first(inp)))))
+    probe = cna_tf.ActivationProbe(model)
+    assert probe.layer_names == [first.name, "my_block/inner", d3.name]
+    x = np.random.default_rng(1).random((5, 3)).astype("float32")
+    np.testing.assert_array_equal(probe.layer_sums(x), cna_tf.ActivationProbe(twin).layer_sums(x))
 
 
 def test_unbuilt_sequential_and_too_few_layers():
