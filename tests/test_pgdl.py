@@ -409,3 +409,18 @@ def test_the_step_says_the_error_and_that_nothing_was_imported(tmp_path, store):
         pgdl.main(["--task", str(task_dir)])
     assert "model_1/weights.hdf5 not found" in str(e.value)
     assert str(e.value).endswith("Nothing was imported.")
+
+
+def test_a_run_a_killed_import_left_unfinished_is_made_again(tmp_path, store):
+    import pgdl
+
+    task = write_task(tmp_path / TASK, grid={"depth": [2]})
+    exp = store.create_experiment("pgdl-task1_v4")
+    left = store.create_run(exp, tags={"cna_tf.pgdl_task": TASK, "cna_tf.pgdl_model": "0",
+                                       "cna_tf.role": "train"})  # RUNNING: killed mid-way
+    rows = pgdl.import_task(str(task["dir"]))
+    assert [r["status"] for r in rows] == ["imported"]
+    assert store.get_run(left.info.run_id).info.lifecycle_stage == "deleted"
+    run = store.get_run(rows[0]["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["depth"] == "2"
+    assert run.data.tags["cna_tf.initial_weights"] == "true"

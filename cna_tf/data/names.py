@@ -62,5 +62,5 @@ def canonical_name(name: Any) -> str:
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}, "
-                         "'npz:PATH' for a local npz file, or 'pgdl:DIR' for a PGDL task")
+                         "or 'npz:PATH' for a local npz file ('pgdl:DIR' for a PGDL task)")
     return key
