@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import os
 import sys
@@ -75,6 +76,11 @@ SUITE = tuple(m for m in families.ordered(families.SUITE + families.OPTIMIZATION
               if m not in METRICS + FLATNESS)
 READ = METRICS + FLATNESS + SUITE + TARGETS + ("test_acc", "train_acc")
 INSTANCE_AXES = AXES + ("epoch",)
+#: tag of a run whose hyperparameters are not the train step's (a zoo imported by `pgdl`): the
+#: JSON list of their names, each a param of the run; they join `AXES` as grid axes
+HPARAMS_TAG = TAG + "hparams"
+#: instance key holding those names, comma-separated
+EXTRA_AXES = "extra_axes"
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -100,8 +106,39 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def run_params(run) -> Dict[str, Any]:
-    """A train run's parameters, typed: the values its step resolved, else the declared ones."""
-    return read_params(run.data.params, {k: v[0] for k, v in ALL_PARAMS.items()})
+    """A train run's parameters, typed: the values its step resolved, else the declared ones;
+    the hyperparameters its ``cna_tf.hparams`` tag names as numbers where they are numbers."""
+    out = read_params(run.data.params, {k: v[0] for k, v in ALL_PARAMS.items()})
+    for name in extra_hparams(run):
+        if name in out and name not in ALL_PARAMS:
+            out[name] = _number(out[name])
+    return out
+
+
+def extra_hparams(run) -> List[str]:
+    """The hyperparameter names of the run's ``cna_tf.hparams`` tag ([] without it)."""
+    try:
+        names = json.loads(run.data.tags.get(HPARAMS_TAG, "[]"))
+    except ValueError:
+        return []
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def _number(text: Any) -> Any:
+    """An int or float where the text is one, else the text."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except (TypeError, ValueError):
+            pass
+    return text
+
+
+def axes_of(instances: Sequence[Dict[str, Any]]) -> tuple:
+    """`AXES` and, after them, the hyperparameters the instances' runs name in their
+    ``cna_tf.hparams`` tag (first seen first) that are not among `AXES`."""
+    extra = [a for i in instances for a in str(i.get(EXTRA_AXES) or "").split(",") if a]
+    return AXES + tuple(a for a in dict.fromkeys(extra) if a not in AXES)
 
 
 def instances_of_run(client, run) -> List[Dict[str, Any]]:
@@ -114,6 +151,10 @@ def instances_of_run(client, run) -> List[Dict[str, Any]]:
     if run.data.tags.get(TAG + "final_only") == "true" and steps:
         steps = steps[-1:]
     base = run_params(run)
+    if "arch" not in base and "arch" in run.data.tags:  # an imported zoo names it in a tag
+        base["arch"] = run.data.tags["arch"]
+    if extra_hparams(run):
+        base[EXTRA_AXES] = ",".join(extra_hparams(run))
     base.update(run_id=run.info.run_id, cell_key=run.data.tags.get(TAG + "cell_key", ""),
                 converged=run_converged(run), test_size=gap_test_size(run, base))
     out = []
@@ -291,7 +332,8 @@ def compare(instances: List[Dict[str, Any]], scored: Sequence[str] = ()
 
     metrics = list(METRICS) + [m for m in FLATNESS + SUITE
                                if any(_finite(i.get(m)) for i in instances)] + list(scored)
-    rows = correlate(instances, metrics, TARGETS, INSTANCE_AXES, group_by=("arch", "dataset"),
+    rows = correlate(instances, metrics, TARGETS, axes_of(instances) + ("epoch",),
+                     group_by=("arch", "dataset"),
                      extra_targets=EXTRA_TARGETS)
     for r in rows:
         r["family"] = families.family(r["metric"])
@@ -326,7 +368,7 @@ def _scope_networks(finals: List[Dict[str, Any]], scope: str) -> tuple:
     """The networks (final snapshots) of a scope and the hyperparameters they vary:
     ``(nets, {axis: value per network})``, axes in `AXES` order."""
     nets = [i for i in finals if _in_scope(i, scope)]
-    axes = [a for a in AXES if len({repr(i.get(a)) for i in nets}) > 1]
+    axes = [a for a in axes_of(nets) if len({repr(i.get(a)) for i in nets}) > 1]
     return nets, {a: [i.get(a) for i in nets] for a in axes}
 
 
@@ -588,8 +630,9 @@ def incomplete_after_filter(all_instances: List[Dict[str, Any]],
 
 
 def _network_order(instance: Dict[str, Any]) -> tuple:
-    """Networks sorted by their hyperparameters (in `AXES` order), then run id."""
-    return tuple(repr(instance.get(a)) for a in AXES) + (str(instance.get("run_id")),)
+    """Networks sorted by their hyperparameters (in `axes_of` order), then run id."""
+    return tuple(repr(instance.get(a)) for a in axes_of([instance])) + \
+        (str(instance.get("run_id")),)
 
 
 def _fmt_interval(point, low, high, fmt: str = "{:+.2f}") -> str:
@@ -657,8 +700,9 @@ def networks_table(instances: List[Dict[str, Any]], scored: Sequence[str] = ()
     stop_loss), its test-set size, every measure, the gaps and accuracies: enough to redo the
     analysis without MLflow (``compare/networks.csv``)."""
     out = []
+    extra = axes_of(instances)[len(AXES):]
     for i in sorted(final_snapshots(instances), key=_network_order):
-        row = {c: i.get(c) for c in NETWORK_COLUMNS if c != "epochs_trained"}
+        row = {c: i.get(c) for c in NETWORK_COLUMNS + extra if c != "epochs_trained"}
         row["epochs_trained"] = i.get("epoch")
         row.update({k: i.get(k, math.nan) for k in READ + tuple(scored)})
         out.append(row)

@@ -69,6 +69,15 @@ ELSEWHERE: Dict[str, str] = {
     # with an empty HOME: the paper's data is missing, the plan says so
     "mlflow run . --env-manager local -e grid -P config=paper -P dry_run=true":
         "tests/test_grid_data.py::test_the_documented_dry_run_prints_the_plan",
+    # with HOME holding a small task the test writes in the organizers' layout
+    "mlflow run . --env-manager local -e pgdl -P task=$HOME/pgdl/public_data/input_data/task1_v4":
+        "tests/test_pgdl.py::test_the_documented_import_makes_one_finished_run_per_model",
+    "mlflow run . --env-manager local -e score --experiment-name pgdl-task1_v4 "
+    "-P measure=examples/pgdl_measure.py:input_grad_norm":
+        "tests/test_pgdl.py::test_score_hands_the_measure_the_tasks_training_data",
+    "mlflow run . --env-manager local -e compare --experiment-name pgdl-task1_v4 "
+    "-P all_runs=true":
+        "tests/test_pgdl.py::test_compare_ranks_over_the_tasks_hyperparameters_by_pgdls_cmi",
 }
 #: command -> why it cannot run here (and what covers the rest)
 NOT_HERE: Dict[str, str] = {
@@ -127,6 +136,10 @@ NOT_HERE: Dict[str, str] = {
         "needs GPUs and the paper's datasets (about 115 GPU-hours); tests/test_ray.py runs the "
         "grid on a local Ray runtime, tests/test_grid_data.py its data check",
     "kubectl -n cna-tf exec -it <head pod> -- bash": "needs a Kubernetes cluster",
+    "curl -LO http://storage.googleapis.com/gresearch/pgdl/public_data.zip":
+        "downloads PGDL's public data (8.8 GB; no internet here); tests/test_pgdl.py writes small "
+        "tasks in its layout and runs the documented pgdl, score and compare lines on them",
+    "unzip public_data.zip -d ~/pgdl": "unpacks that download",
     "cd /app": "a folder inside the Ray head's container",
     "mlflow run . --env-manager local -e grid -P config=paper -P backend=ray "
     "-P ray_address=ray://cna-tf-head-svc:10001 -P ray_gpus_per_cell=1":

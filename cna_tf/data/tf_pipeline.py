@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["make_dataset", "augment_batch", "load_tfds"]
+__all__ = ["make_dataset", "augment_batch", "load_tfds", "read_pgdl_shards"]
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, *, value_range: Tuple[float, float],
@@ -140,3 +140,51 @@ def load_tfds(tfds_name: str, train_split: str, test_split: str,
                                          batch_size=-1, data_dir=data_dir, download=False))
         out += [np.asarray(xs), np.asarray(ys)]
     return tuple(out)
+
+
+def read_pgdl_shards(paths: Sequence[str], batch_size: int = 1024) -> Tuple[np.ndarray, np.ndarray]:
+    """The examples of PGDL 2020 TFRecord shards, in file order, as numpy arrays.
+
+    Each record is a ``tf.train.Example`` whose bytes features ``inputs`` and ``output`` are
+    ``tf.io.serialize_tensor`` of a float32 image and an int32 label (the organizers' layout).
+
+    Example:
+        >>> x, y = read_pgdl_shards(["task/dataset_1/train/shard_0.tfrecord"])  # doctest: +SKIP
+
+    Args:
+        paths: the shard files, in the order their examples are wanted.
+        batch_size: records parsed per step.
+
+    Returns:
+        ``(inputs, labels)``: float32 ``(n, *image shape)`` and int64 ``(n,)``.
+
+    Raises:
+        ValueError: a record without those features, a label that is not one integer, or
+            images of different shapes; the message names the shard files.
+    """
+    spec = {"inputs": tf.io.FixedLenFeature([], tf.string),
+            "output": tf.io.FixedLenFeature([], tf.string)}
+
+    def parse(record):
+        r = tf.io.parse_single_example(record, spec)
+        return (tf.io.parse_tensor(r["inputs"], out_type=tf.float32),
+                tf.reshape(tf.io.parse_tensor(r["output"], out_type=tf.int32), [-1]))
+
+    xs, ys = [], []
+    try:
+        ds = tf.data.TFRecordDataset([str(p) for p in paths]).map(parse).batch(batch_size)
+        for x, y in ds.as_numpy_iterator():
+            xs.append(x)
+            ys.append(y)
+    except (tf.errors.OpError, ValueError) as e:
+        raise ValueError(f"{', '.join(map(str, paths))}: not PGDL records of one image shape "
+                         "and one int32 label each (features 'inputs' float32, 'output' int32, "
+                         f"each tf.io.serialize_tensor'd): {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:300]}") from None
+    if not xs:
+        raise ValueError(f"{', '.join(map(str, paths))}: no records")
+    y = np.concatenate(ys)
+    if y.ndim != 2 or y.shape[1] != 1:
+        raise ValueError(f"{', '.join(map(str, paths))}: every record needs one integer label; "
+                         f"found {y.shape[1:]} per record")
+    return np.concatenate(xs).astype(np.float32, copy=False), y[:, 0].astype(np.int64)
