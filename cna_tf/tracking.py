@@ -28,7 +28,8 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["TAG_PREFIX", "INIT_PREFIX", "Tracker", "keras_autolog_flavor", "sanitize_artifact_name", "metric_histories", "metric_steps",
+__all__ = ["TAG_PREFIX", "INIT_PREFIX", "Tracker", "keras_autolog_flavor", "sanitize_artifact_name",
+           "metric_histories", "epoch_histories", "metric_steps",
            "RUNS_VIEW", "runs_view_state", "save_runs_view", "ui_address", "runs_url", "runs_link",
            "browse_line"]
 
@@ -286,6 +287,31 @@ def metric_histories(run_id: str, keys: Union[str, Iterable[str]], client=None,
         values = np.array([r[1] for r in rows], dtype=np.float64)
         out[key] = (steps, values)
     return out
+
+
+def epoch_histories(run_id: str, keys: Union[str, Iterable[str]], client=None
+                    ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """`metric_histories` by epochs completed (0 = before training), whichever step convention
+    of the module docstring the run was logged at.
+
+    A run logged beside Keras autologging (it has ``init_<key>`` metrics beside ``<key>``) has
+    its steps shifted by one and each key's ``init_<key>`` value put at epoch 0; any other run's
+    steps are epochs completed already.
+
+    Returns:
+        dict mapping each key to ``(epochs completed int64 (k,), values float64 (k,))``.
+    """
+    if client is None:
+        import mlflow
+        client = mlflow.MlflowClient()
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    logged = client.get_run(run_id).data.metrics
+    autolog = any(k.startswith(INIT_PREFIX) and k[len(INIT_PREFIX):] in logged for k in logged)
+    if not autolog:
+        return metric_histories(run_id, keys, client)
+    h = metric_histories(run_id, keys + [INIT_PREFIX + k for k in keys], client)
+    return {k: (np.concatenate([h[INIT_PREFIX + k][0], h[k][0] + 1]),
+                np.concatenate([h[INIT_PREFIX + k][1], h[k][1]])) for k in keys}
 
 
 def metric_steps(run_id: str, keys: Union[str, Iterable[str]], client=None,
