@@ -213,7 +213,7 @@ class CNACallback(keras.callbacks.Callback):
     ``on_train_begin``), accuracy and loss on un-augmented data, ``gen_gap`` and ``loss_gap``.
     Values are written into ``logs`` under SPEC §6 names (``cna_test``, ``cna_margin``, ...), so
     `EarlyStopping`, `ModelCheckpoint`, `CSVLogger` and TensorBoard see them (list this callback
-    before them), and into the active MLflow run with ``step`` = epochs completed (0 = init).
+    before them), and into the active MLflow run (steps: "MLflow steps" below).
 
     Example:
         >>> ds = cna_tf.data.load("digits")
@@ -247,8 +247,7 @@ class CNACallback(keras.callbacks.Callback):
         batch_size: forward-pass batch size of the measurements.
         mlflow: None logs to the active MLflow run if there is one; True starts a run when none
             is active (and ends it after training); False never logs. A nested run is never
-            opened. With MLflow autologging on, autolog also records the ``logs`` keys at its own
-            0-based steps.
+            opened.
         log_artifacts: at the end, log the (alpha, beta) curves (CSV) and the Fig-3 plot (PNG).
         seed: seed of the subsets.
         verbose: 1 prints one line per measurement.
@@ -270,6 +269,19 @@ class CNACallback(keras.callbacks.Callback):
     (default) each full snapshot reads the whole stream again, batch by batch; with
     ``max_samples=None`` so does every per-epoch measurement. A stream must yield the same
     samples in the same order on every pass (checked through alpha; no reshuffling).
+
+    MLflow steps: every metric has one value per measured epoch, each at one step.
+
+    * Without autologging, ``step`` = epochs completed: step 0 is the value before training and
+      step ``e`` the value after ``e`` epochs (``history``'s keys).
+    * With ``mlflow.keras.autolog()`` or ``mlflow.tensorflow.autolog()`` logging this fit (noticed
+      by the callback itself, `cna_tf.tracking.keras_autolog_flavor`), autolog's convention:
+      ``step`` = Keras' 0-based epoch index, the step of autolog's ``loss``, of TensorBoard's
+      ``epoch_*`` and of CSVLogger's ``epoch``. A key written into ``logs`` is logged by
+      autolog (so MLflow's ``cna_test`` at step ``e`` is ``History.history["cna_test"][e]``);
+      the callback logs the rest at the same steps (a final snapshot after an early stop, the
+      full snapshot's keys), and the values before training, which no ``logs`` holds, once as
+      ``init_<key>`` (``init_cna_test``, ``init_cna_margin``, ...) at step 0.
 
     Reuse and resuming: a fit that starts at epoch 0 starts fresh (``history``, ``snapshots``,
     ``trajectory`` and captured initial weights are reset in ``on_train_begin``, as Keras' own
@@ -446,7 +458,7 @@ class CNACallback(keras.callbacks.Callback):
         self._last_details = details
         return m
 
-    def _measure(self, epoch: int, full: bool) -> Dict[str, float]:
+    def _measure(self, epoch: int, full: bool, in_logs: bool = False) -> Dict[str, float]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CNAWarning)
             m = self._light()
@@ -460,7 +472,7 @@ class CNACallback(keras.callbacks.Callback):
         for w in caught:
             if not issubclass(w.category, CNAWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        tags = nan_reasons(m, messages, epoch)
+        tags = nan_reasons(self._tracker.epoch_names(m, epoch), messages, epoch)
         if tags:
             new = [msg for msg in messages if msg not in self._reasons]
             self._reasons.extend(new)
@@ -468,7 +480,7 @@ class CNACallback(keras.callbacks.Callback):
                 warnings.warn(f"CNACallback (epoch {epoch}): {msg}", CNAWarning, stacklevel=2)
             self._tracker.set_tags(tags)
         self.history[epoch] = dict(m)
-        self._tracker.log_metrics(m, step=epoch)
+        self._tracker.log_epoch(m, epoch, in_logs=in_logs)
         if self.verbose:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in m.items()
                               if k in LIGHT_KEYS + ("cna_area", "cna_margin", "gen_gap"))
@@ -568,7 +580,7 @@ class CNACallback(keras.callbacks.Callback):
             return
         if epoch == 0 and not self._tracker.active:
             self._measure(0, full=True)
-        elif epoch not in self._tracker.logged_steps("cna_train"):
+        elif not self._tracker.epoch_logged("cna_train", epoch):
             # Epoch 0, or resumed from a backup written before this epoch's measurement was
             # logged (a kill in between): the restored weights are exactly that epoch's state.
             self._measure(epoch, full=full)
@@ -587,7 +599,7 @@ class CNACallback(keras.callbacks.Callback):
         full = self._is_full(done)
         if not full and done % self.every:
             return
-        m = self._measure(done, full)
+        m = self._measure(done, full, in_logs=logs is not None)
         if logs is not None:
             logs.update(m)
 

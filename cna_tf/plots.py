@@ -7,7 +7,7 @@ are those of Gain & Siegelmann, ICML 2020:
   and a high-alpha input.
 * Fig. 3 `alpha_beta_curves`: train vs test (alpha, beta) curves and the CNA-A region.
 * Fig. 4 `loss_and_cna` (`loss_and_cna_from_run` reads the metrics from an MLflow run with
-  `tracking.metric_histories`): training loss and CNA over epochs.
+  `tracking.epoch_histories`): training loss and CNA over epochs.
 * Fig. 5 `trajectory_landscape` (numbers: `analysis.cna_landscape`): the PCA of the weight
   trajectory over training on top of a CNA contour map.
 * Fig. 6 `error_by_alpha_quintile` (numbers: `analysis.quintile_errors`): test error over epochs
@@ -230,30 +230,35 @@ def loss_and_cna(epochs, loss, cna_values, cna_epochs=None, loss_label: str = "t
 
 
 def loss_and_cna_from_run(run_id: str, loss_key: str = "loss", cna_key: str = "cna_train",
-                          loss_step_offset: int = 1, client=None, **kwargs) -> Figure:
+                          loss_step_offset: Optional[int] = None, client=None,
+                          **kwargs) -> Figure:
     """Fig. 4 from an MLflow run: `loss_and_cna` on two of its metric histories.
 
     Args:
         run_id: the MLflow run.
-        loss_key: training-loss metric (``"loss"`` from Keras autologging).
+        loss_key: training-loss metric (``"loss"`` from Keras autologging or `mlflow run -e
+            train`).
         cna_key: CNA metric logged by `CNACallback` (``"cna_train"`` or ``"cna_test"``).
-        loss_step_offset: added to the loss steps to make them epochs completed; 1 for MLflow's
-            Keras autologging (0-based epoch index), 0 for a loss logged at epochs completed.
+        loss_step_offset: None reads both histories by epochs completed, at the step
+            convention the run was logged at (`tracking.epoch_histories`: autolog's epoch index
+            or epochs completed); an integer takes the steps as logged and adds it to the loss
+            steps (1 for a loss logged by autolog beside a CNA logged at epochs completed).
         client: an ``mlflow.MlflowClient``.
         **kwargs: passed to `loss_and_cna`.
 
     Raises:
         ValueError: if the run has no values for one of the keys.
     """
-    from cna_tf.tracking import metric_histories
+    from cna_tf.tracking import epoch_histories, metric_histories
 
-    h = metric_histories(run_id, [loss_key, cna_key], client=client)
+    read = metric_histories if loss_step_offset is not None else epoch_histories
+    h = read(run_id, [loss_key, cna_key], client=client)
     for key in (loss_key, cna_key):
         if h[key][0].size == 0:
             raise ValueError(f"run {run_id} has no metric {key!r}")
     (s_loss, v_loss), (s_cna, v_cna) = h[loss_key], h[cna_key]
     kwargs.setdefault("cna_label", cna_key)
-    return loss_and_cna(s_loss + int(loss_step_offset), v_loss, v_cna, cna_epochs=s_cna,
+    return loss_and_cna(s_loss + int(loss_step_offset or 0), v_loss, v_cna, cna_epochs=s_cna,
                         **kwargs)
 
 

@@ -3,6 +3,16 @@
 Everything goes through ``mlflow.MlflowClient`` against the active run, so logging works next to
 ``mlflow.tensorflow.autolog()`` / ``mlflow.keras.autolog()`` (no params are logged here, so no
 duplicate-param conflicts), and a run is never started silently.
+
+Step conventions of the per-epoch values (`Tracker.log_epoch`), chosen per fit when a run opens:
+
+* without Keras autologging, ``step`` = epochs completed: 0 is the value before training, step
+  ``e`` the value after ``e`` epochs;
+* while MLflow's Keras autologging logs the fit's epoch ``logs`` (`keras_autolog_flavor`), its
+  convention: ``step`` = Keras' 0-based epoch index, step ``e`` the value after epoch ``e`` (the
+  step of autolog's ``loss``, of TensorBoard's ``epoch_*`` and CSVLogger's ``epoch``). A key
+  written into ``logs`` is then logged by autolog alone, and the value before training, which
+  no ``logs`` holds, goes to ``init_<key>`` (`INIT_PREFIX`) at step 0.
 """
 from __future__ import annotations
 
@@ -18,12 +28,20 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["TAG_PREFIX", "Tracker", "sanitize_artifact_name", "metric_histories", "metric_steps",
+__all__ = ["TAG_PREFIX", "INIT_PREFIX", "Tracker", "keras_autolog_flavor", "sanitize_artifact_name",
+           "metric_histories", "epoch_histories", "metric_steps",
            "RUNS_VIEW", "runs_view_state", "save_runs_view", "ui_address", "runs_url", "runs_link",
            "browse_line"]
 
 #: Prefix of every MLflow tag the project's steps set (``cna_tf.role``, ``cna_tf.cell_key``, ...).
 TAG_PREFIX = "cna_tf."
+
+#: Prefix of a metric's before-training value under Keras autologging (``init_cna_test``), as
+#: Keras prefixes ``val_`` to a metric measured on the validation data.
+INIT_PREFIX = "init_"
+
+# The autologging integrations that patch ``keras.Model.fit`` and log its epoch ``logs``.
+_KERAS_AUTOLOG_FLAVORS = ("keras", "tensorflow")
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
@@ -35,8 +53,40 @@ def sanitize_artifact_name(name: str) -> str:
     return clean or "artifact"
 
 
+def keras_autolog_flavor() -> Optional[str]:
+    """The MLflow autologging flavor (``"keras"`` or ``"tensorflow"``) that logs the epoch ``logs``
+    of the ``fit`` in progress, or None; call it from inside ``fit`` (a callback's hook).
+
+    An integration counts when it is enabled with ``log_every_epoch`` (MLflow's public
+    ``autologging_is_disabled`` / ``get_autologging_config``) and its patched ``fit`` is running
+    with autologging on: MLflow records that only in its autologging session, which is absent when
+    it skips a fit (``exclusive=True`` inside a user-created run). Without that record (another
+    MLflow version) an enabled, non-exclusive integration counts.
+    """
+    try:
+        from mlflow.utils import autologging_utils as au
+    except ImportError:  # pragma: no cover - mlflow is a hard dependency
+        return None
+    enabled = [f for f in _KERAS_AUTOLOG_FLAVORS
+               if not au.autologging_is_disabled(f)
+               and au.get_autologging_config(f, "log_every_epoch", True)]
+    if not enabled:
+        return None
+    try:
+        from mlflow.utils.autologging_utils.safety import _AutologgingSessionManager
+    except ImportError:  # pragma: no cover - depends on MLflow's internals
+        return next((f for f in enabled if not au.get_autologging_config(f, "exclusive", False)),
+                    None)
+    session = _AutologgingSessionManager.active_session()
+    flavor = getattr(session, "integration", None)
+    return flavor if flavor in enabled else None
+
+
 class Tracker:
     """Logs to an MLflow run: the active one, or one this tracker started and will end.
+
+    Per-epoch values go through `log_epoch`, at the step convention of the module docstring;
+    ``autolog`` is the Keras autologging flavor that logs the fit's ``logs`` (found by `open`).
 
     Args:
         mode: ``None`` logs only when a run is active; ``True`` also starts a run when none is
@@ -50,9 +100,16 @@ class Tracker:
         self.run_id: Optional[str] = None
         self._started = False
         self._client = None
+        self.autolog: Optional[str] = None
+        self._epoch_keys: Dict[int, set] = {}
 
     def open(self) -> Optional[str]:
-        """Attaches to the active run (or starts one when ``mode`` is True); returns its id."""
+        """Attaches to the active run (or starts one when ``mode`` is True); returns its id.
+
+        Called from inside ``fit``, it also notes whether Keras autologging logs the fit's
+        ``logs`` (`keras_autolog_flavor`), which sets the step convention of `log_epoch`.
+        """
+        self.autolog, self._epoch_keys = None, {}
         if self.mode is False:
             return None
         import mlflow
@@ -64,6 +121,7 @@ class Tracker:
             return None
         self.run_id = run.info.run_id
         self._client = mlflow.MlflowClient()
+        self.autolog = keras_autolog_flavor()
         return self.run_id
 
     @property
@@ -81,6 +139,39 @@ class Tracker:
         for i in range(0, len(entries), _MAX_BATCH):
             self._retry(lambda: self._client.log_batch(self.run_id,
                                                        metrics=entries[i:i + _MAX_BATCH]))
+
+    def epoch_step(self, done: int) -> int:
+        """The step of the values measured after ``done`` epochs (0 = before training)."""
+        return max(int(done) - 1, 0) if self.autolog else int(done)
+
+    def epoch_names(self, metrics: Mapping[str, float], done: int) -> Dict[str, float]:
+        """``metrics`` under the names they are logged with after ``done`` epochs
+        (``init_<key>`` before training under autologging, else unchanged)."""
+        prefix = INIT_PREFIX if self.autolog and int(done) == 0 else ""
+        return {prefix + k: v for k, v in metrics.items()}
+
+    def log_epoch(self, metrics: Mapping[str, float], done: int, in_logs: bool = False) -> None:
+        """Logs the values measured after ``done`` epochs (0 = before training) at the step
+        convention of the module docstring, each key once per step of this fit.
+
+        Args:
+            metrics: the values.
+            done: epochs completed.
+            in_logs: the values are also written into this epoch's Keras ``logs``, which
+                autologging (when on) logs itself.
+        """
+        names = self.epoch_names(metrics, done)
+        step = self.epoch_step(done)
+        seen = self._epoch_keys.setdefault(step, set())
+        new = {k: v for k, v in names.items() if k not in seen}
+        seen.update(new)
+        if not (in_logs and self.autolog):
+            self.log_metrics(new, step=step)
+
+    def epoch_logged(self, key: str, done: int) -> bool:
+        """Whether the run holds ``key``'s value after ``done`` epochs (by anyone's logging)."""
+        name = next(iter(self.epoch_names({key: 0.0}, done)))
+        return self.epoch_step(done) in self.logged_steps(name)
 
     def logged_steps(self, key: str) -> set:
         """Steps at which ``key`` has been logged to the run (empty when not tracking)."""
@@ -159,12 +250,10 @@ def metric_histories(run_id: str, keys: Union[str, Iterable[str]], client=None,
                      duplicates: str = "first") -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """Metric histories of an MLflow run: ``{key: (steps, values)}``, sorted by step.
 
-    `CNACallback` logs at ``step`` = epochs completed (0 = initialization). MLflow's Keras
-    autologging logs the ``logs`` dict (Keras' ``loss``, and the callback's keys it contains) at
-    0-based epoch indices, i.e. step ``e`` holds the value after epoch ``e + 1``. A key logged
-    by both therefore has two values at most steps: the default ``duplicates="first"`` keeps the
-    one logged first, which for a key written by both is the callback's (it logs step ``e``
-    one epoch before autolog does).
+    `CNACallback` logs one value per step (see the module docstring for its two step
+    conventions). Several values at one step come from a run logged twice at an epoch (a
+    resumed run, or another logger beside the callback): the default ``duplicates="first"``
+    keeps the one logged first.
 
     Args:
         run_id: the MLflow run.
@@ -198,6 +287,31 @@ def metric_histories(run_id: str, keys: Union[str, Iterable[str]], client=None,
         values = np.array([r[1] for r in rows], dtype=np.float64)
         out[key] = (steps, values)
     return out
+
+
+def epoch_histories(run_id: str, keys: Union[str, Iterable[str]], client=None
+                    ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """`metric_histories` by epochs completed (0 = before training), whichever step convention
+    of the module docstring the run was logged at.
+
+    A run logged beside Keras autologging (it has ``init_<key>`` metrics beside ``<key>``) has
+    its steps shifted by one and each key's ``init_<key>`` value put at epoch 0; any other run's
+    steps are epochs completed already.
+
+    Returns:
+        dict mapping each key to ``(epochs completed int64 (k,), values float64 (k,))``.
+    """
+    if client is None:
+        import mlflow
+        client = mlflow.MlflowClient()
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    logged = client.get_run(run_id).data.metrics
+    autolog = any(k.startswith(INIT_PREFIX) and k[len(INIT_PREFIX):] in logged for k in logged)
+    if not autolog:
+        return metric_histories(run_id, keys, client)
+    h = metric_histories(run_id, keys + [INIT_PREFIX + k for k in keys], client)
+    return {k: (np.concatenate([h[INIT_PREFIX + k][0], h[k][0] + 1]),
+                np.concatenate([h[INIT_PREFIX + k][1], h[k][1]])) for k in keys}
 
 
 def metric_steps(run_id: str, keys: Union[str, Iterable[str]], client=None,

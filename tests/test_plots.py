@@ -97,11 +97,26 @@ def test_metric_histories_and_loss_and_cna_from_run(tmp_path):
     np.testing.assert_allclose(last["cna_train"][1], [0.3, 0.5, 0.5])
     everything = tracking.metric_histories(run_id, "cna_train", client=client, duplicates="all")
     np.testing.assert_array_equal(everything["cna_train"][0], [0, 0, 1, 1, 2])
-    fig = plots.loss_and_cna_from_run(run_id, client=client)
+    fig = plots.loss_and_cna_from_run(run_id, client=client, loss_step_offset=1)
     ax, ax2 = fig.axes
     np.testing.assert_allclose(_line_data(ax)[0].get_xdata(), [1, 2])  # autolog offset
     np.testing.assert_allclose(_line_data(ax2)[0].get_ydata(), [0.1, 0.3, 0.5])
     assert ax2.get_ylabel() == "cna_train"
+    # a run at autolog's convention (CNACallback beside autolog): epoch index, init_<key>
+    auto = client.create_run(exp).info.run_id
+    client.log_batch(auto, metrics=[
+        Metric("init_cna_train", 0.1, 1000, 0), Metric("cna_train", 0.3, 2000, 0),
+        Metric("cna_train", 0.5, 2001, 1), Metric("loss", 2.0, 2000, 0),
+        Metric("loss", 1.0, 2001, 1)])
+    done = tracking.epoch_histories(auto, ["cna_train", "loss"], client=client)
+    np.testing.assert_array_equal(done["cna_train"][0], [0, 1, 2])
+    np.testing.assert_allclose(done["cna_train"][1], [0.1, 0.3, 0.5])
+    np.testing.assert_array_equal(done["loss"][0], [1, 2])
+    fig = plots.loss_and_cna_from_run(auto, client=client)
+    ax, ax2 = fig.axes
+    np.testing.assert_allclose(_line_data(ax)[0].get_xdata(), [1, 2])
+    np.testing.assert_allclose(_line_data(ax2)[0].get_xdata(), [0, 1, 2])
+    np.testing.assert_allclose(_line_data(ax2)[0].get_ydata(), [0.1, 0.3, 0.5])
     with pytest.raises(ValueError, match="no metric"):
         plots.loss_and_cna_from_run(run_id, cna_key="never", client=client)
 
