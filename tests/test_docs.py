@@ -69,6 +69,10 @@ ELSEWHERE: Dict[str, str] = {
     # with an empty HOME: the paper's data is missing, the plan says so
     "mlflow run . --env-manager local -e grid -P config=paper -P dry_run=true":
         "tests/test_grid_data.py::test_the_documented_dry_run_prints_the_plan",
+    # into a temporary SITE_DIR; the site is then opened in Chromium there
+    "make docs": "tests/test_site.py::test_make_docs_builds_every_page_strict",
+    # on a free DOCS_PORT, without executing the tutorial
+    "make docs-serve": "tests/test_site.py::test_make_docs_serve_serves_the_site_on_loopback",
 }
 #: command -> why it cannot run here (and what covers the rest)
 NOT_HERE: Dict[str, str] = {
