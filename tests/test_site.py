@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import math
 import os
 import re
 import signal
@@ -79,14 +80,8 @@ def test_make_docs_builds_every_page_strict(site):
         assert f'id="{name}"' in reference, name
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("page, nav, expected", [
-    ("See [the missing page](nowhere.md).\n", "", "nowhere.md"),
-    ("# A page\n", "  - Missing: missing.md\n", "missing.md"),
-    ("::: cna_tf.no_such_name\n", "", "cna_tf.no_such_name"),
-])
-def test_the_strict_build_fails_on_a_broken_link_page_or_name(tmp_path, page, nav, expected):
-    """The project's own mkdocs.yml (INHERIT), on a one-page docs folder with one fault."""
+def _build_one_page(tmp_path: Path, page: str, nav: str = "") -> str:
+    """Builds the project's own mkdocs.yml (INHERIT) on a one-page docs folder; its output."""
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "index.md").write_text(page)
@@ -97,7 +92,20 @@ def test_the_strict_build_fails_on_a_broken_link_page_or_name(tmp_path, page, na
                           text=True, timeout=300, env=_env(NO_MKDOCS_2_WARNING="1"))
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-3000:]
-    assert expected in log, log[-3000:]
+    return log
+
+
+@pytest.mark.slow
+def test_the_strict_build_fails_on_a_broken_link_or_a_missing_page(tmp_path):
+    log = _build_one_page(tmp_path, "See [the missing page](nowhere.md).\n",
+                          "  - Missing: missing.md\n")
+    assert "nowhere.md" in log and "missing.md" in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_the_strict_build_fails_on_a_name_that_does_not_exist(tmp_path):
+    log = _build_one_page(tmp_path, "::: cna_tf.no_such_name\n")
+    assert "cna_tf.no_such_name" in log, log[-3000:]
 
 
 def test_the_tutorial_is_committed_without_outputs():
@@ -115,6 +123,21 @@ def test_every_readme_link_points_at_a_file():
     local = [link for link in links if "://" not in link]
     assert len(local) >= 10, local
     assert not [link for link in local if not (ROOT / link).exists()]
+
+
+@pytest.mark.slow
+def test_the_readme_callback_quickstart_runs(tmp_path):
+    """README's first Python block as written, with 3 epochs instead of 20."""
+    block = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert "cna_tf.CNACallback(" in block and "epochs=20" in block
+    script = block.replace("epochs=20", "epochs=3") + (
+        "m = cb.history[max(cb.history)]\n"
+        "print('EPOCHS', sorted(cb.history), 'CNA-M', m['cna_margin'], 'GAP', m['gen_gap'])\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env=_env(TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = re.search(r"EPOCHS \[0, 1, 2, 3\] CNA-M (\S+) GAP (\S+)", proc.stdout)
+    assert m and all(math.isfinite(float(v)) for v in m.groups()), proc.stdout[-2000:]
 
 
 @pytest.mark.slow
