@@ -117,6 +117,25 @@ def test_the_tutorial_is_committed_without_outputs():
     assert (ROOT / "docs" / "tutorial.ipynb").resolve() == notebook.resolve()
 
 
+def test_the_lock_pins_the_docs_extra():
+    """`make install` installs requirements.lock as a whole: the docs extra must be in it."""
+    tomllib = pytest.importorskip("tomllib", reason="Python >= 3.11 reads pyproject.toml")
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["docs"]
+    pins = dict(line.split("==", 1) for line in (ROOT / "requirements.lock").read_text()
+                .splitlines() if "==" in line and not line.startswith("#"))
+    pins = {canonicalize_name(name): version for name, version in pins.items()}
+    for spec in extra:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} (docs extra) is not in requirements.lock"
+        assert req.specifier.contains(pins[name]), (spec, pins[name])
+    assert "mkdocstrings-python" in pins   # mkdocstrings[python]'s handler
+
+
 def test_every_readme_link_points_at_a_file():
     readme = (ROOT / "README.md").read_text()
     links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
