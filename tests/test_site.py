@@ -70,7 +70,7 @@ def test_make_docs_builds_every_page_strict(site):
     # every name of SPEC §6 and §8-§11 has its entry in the reference, from its docstring
     reference = "".join(p.read_text() for p in (out / "reference").glob("*/index.html"))
     for name in ("cna_tf.alpha", "cna_tf.compression_alpha", "cna_tf.ActivationProbe",
-                 "cna_tf.ActivationProbe.layer_sums", "cna_tf.ActivationProbe.layer_outputs",
+                 "cna_tf.ActivationProbe.layer_names", "cna_tf.ActivationProbe.layer_sums", "cna_tf.ActivationProbe.layer_outputs",
                  "cna_tf.beta", "cna_tf.cna", "cna_tf.cna_area", "cna_tf.margins",
                  "cna_tf.margin", "cna_tf.evaluate", "cna_tf.baselines.compute",
                  "cna_tf.baselines.capture_initial_weights", "cna_tf.models.build",
@@ -104,7 +104,8 @@ def test_the_strict_build_fails_on_a_broken_link_or_a_missing_page(tmp_path):
 
 @pytest.mark.slow
 def test_the_strict_build_fails_on_a_name_that_does_not_exist(tmp_path):
-    log = _build_one_page(tmp_path, "::: cna_tf.no_such_name\n")
+    # cna_tf.alpha first: it must resolve, so the failure is the missing name's, not cna_tf's
+    log = _build_one_page(tmp_path, "::: cna_tf.alpha\n\n::: cna_tf.no_such_name\n")
     assert "cna_tf.no_such_name" in log, log[-3000:]
 
 
