@@ -70,7 +70,8 @@ def test_make_docs_builds_every_page_strict(site):
     # every name of SPEC §6 and §8-§11 has its entry in the reference, from its docstring
     reference = "".join(p.read_text() for p in (out / "reference").glob("*/index.html"))
     for name in ("cna_tf.alpha", "cna_tf.compression_alpha", "cna_tf.ActivationProbe",
-                 "cna_tf.ActivationProbe.layer_names", "cna_tf.ActivationProbe.layer_sums", "cna_tf.ActivationProbe.layer_outputs",
+                 "cna_tf.ActivationProbe.layer_names", "cna_tf.ActivationProbe.layer_sums",
+                 "cna_tf.ActivationProbe.layer_outputs",
                  "cna_tf.beta", "cna_tf.cna", "cna_tf.cna_area", "cna_tf.margins",
                  "cna_tf.margin", "cna_tf.evaluate", "cna_tf.baselines.compute",
                  "cna_tf.baselines.capture_initial_weights", "cna_tf.models.build",
