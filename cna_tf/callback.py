@@ -215,7 +215,7 @@ class CNACallback(keras.callbacks.Callback):
     `EarlyStopping`, `ModelCheckpoint`, `CSVLogger` and TensorBoard see them (list this callback
     before them), and into the active MLflow run (steps: "MLflow steps" below).
 
-    Example:
+    Examples:
         >>> ds = cna_tf.data.load("digits")
         >>> cb = cna_tf.CNACallback((ds.x_train, ds.y_train), (ds.x_test, ds.y_test),
         ...                         preprocess=ds.preprocess, value_range=ds.value_range)
@@ -241,8 +241,14 @@ class CNACallback(keras.callbacks.Callback):
             must act on each image alone, as for streams): with None the full set is the
             arrays given, never copied or preprocessed as a whole, and between snapshots only
             per-sample alpha, beta, margin, loss and correctness are kept.
-        bins, method, window, points, percentile: as in `cna_tf.evaluate`.
-        mode, reduce, include_output: as in `cna_tf.ActivationProbe`.
+        bins: as in `cna_tf.evaluate`.
+        method: as in `cna_tf.evaluate`.
+        window: as in `cna_tf.evaluate`.
+        points: as in `cna_tf.evaluate`.
+        percentile: as in `cna_tf.evaluate`.
+        mode: as in `cna_tf.ActivationProbe`.
+        reduce: as in `cna_tf.ActivationProbe`.
+        include_output: as in `cna_tf.ActivationProbe`.
         baselines: also compute the norm-based baselines at full snapshots.
         batch_size: forward-pass batch size of the measurements.
         mlflow: None logs to the active MLflow run if there is one; True starts a run when none

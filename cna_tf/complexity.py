@@ -194,7 +194,7 @@ def _float_bin_counts(flat: np.ndarray, lo: float, hi: float, bins: int) -> np.n
 def alpha(images, bins: int = 100, value_range: ValueRange = None) -> np.ndarray:
     """Input complexity alpha(x) of each image (paper eq. 1).
 
-    Example:
+    Examples:
         >>> x = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
         >>> cna_tf.alpha(x).shape
         (8,)

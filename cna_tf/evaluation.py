@@ -396,7 +396,7 @@ def evaluate(model, train, test, preprocess: Optional[Callable] = None, value_ra
              train_size: Optional[int] = None, return_details: bool = False) -> Any:
     """Every metric of SPEC §6 for a model on a train and a test split, in inference mode.
 
-    Example:
+    Examples:
         >>> ds = cna_tf.data.load("digits")
         >>> m = cna_tf.evaluate(model, (ds.x_train, ds.y_train), (ds.x_test, ds.y_test),
         ...                     preprocess=ds.preprocess, value_range=ds.value_range)
@@ -415,9 +415,12 @@ def evaluate(model, train, test, preprocess: Optional[Callable] = None, value_ra
         value_range: (low, high) of the raw pixel values (None: uint8 -> (0, 255)).
         bins: histogram bins of alpha.
         method: correlation of CNA (``pearson``, ``spearman``, ``kendall``).
-        window, points: smoothing window and resampling points of the CNA-A curves.
+        window: smoothing window of the CNA-A curves.
+        points: resampling points of the CNA-A curves.
         percentile: percentile of the training margins that is the network margin.
-        mode, reduce, include_output: passed to `ActivationProbe`.
+        mode: passed to `ActivationProbe`.
+        reduce: passed to `ActivationProbe`.
+        include_output: passed to `ActivationProbe`.
         max_samples: evaluate a seeded random subset of at most this many points per split
             (for a stream: the same subset as for its arrays, gathered in a second pass).
         seed: seed of that subset.

@@ -63,7 +63,7 @@ of 20 gradient steps on 64 examples (forward and backward) plus one pass over th
 α search is at most 60·n forward plus 76,800 forward-and-backward examples. `search` returns the
 counts and the time of each search; docs/performance.md has measured figures.
 
-Example:
+Examples:
     >>> x, y = ds.preprocess(ds.x_train), ds.y_train
     >>> cna_tf.flatness.compute(model, x, y, samples=5000, seed=0)
     {'pacbayes_flatness': 41.2, 'pacbayes_sigma': 0.156, ...}

@@ -201,7 +201,7 @@ def class_indices(labels, n: Optional[int] = None, num_classes: Optional[int] = 
     2-D label (smoothed, mixed, multi-hot) is an error: CNA's margin and accuracy need one true
     class per point.
 
-    Example:
+    Examples:
         >>> cna_tf.measures.class_indices(keras.utils.to_categorical([2, 0], 3))
         array([2, 0])
 

@@ -27,7 +27,7 @@ Choices the paper leaves open, fixed here:
   initializer (seeds drawn from one ``random.Random(seed)``), so a build is reproducible without
   touching the global RNG; without it the caller may seed with ``keras.utils.set_random_seed``.
 
-Example:
+Examples:
     >>> import cna_tf
     >>> model = cna_tf.models.build("vgg18", (32, 32, 3), 10, width=0.25, seed=0)
     >>> model.name
@@ -95,7 +95,7 @@ DROPOUT_ARCHITECTURES: Tuple[str, ...] = ("mlp", "vgg18")
 def canonical_name(name: Any) -> str:
     """The canonical architecture name of a spelling: case, ``-`` and ``_`` are ignored.
 
-    Example:
+    Examples:
         >>> canonical_name("ResNet-18"), canonical_name("VGG_18")
         ('resnet18', 'vgg18')
 
@@ -358,7 +358,7 @@ def build(name: str, input_shape: Sequence[int], num_classes: int, width: float 
     ``.keras`` and loads with ``keras.models.load_model`` in safe mode; its name says what it is
     (``"vgg18_w0.25"``). Its output is softmax probabilities (layer ``"classifier"``).
 
-    Example:
+    Examples:
         >>> model = build("resnet18", (32, 32, 3), 10, width=0.25, seed=0)
         >>> model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.8),
         ...               loss="sparse_categorical_crossentropy", metrics=["accuracy"])

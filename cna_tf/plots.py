@@ -68,8 +68,12 @@ def alpha_beta_curves(alpha_train, beta_train, alpha_test, beta_test, window: in
     """Paper Fig. 3: train vs test (alpha, beta) curves with the CNA-A region shaded.
 
     Args:
-        alpha_train, beta_train, alpha_test, beta_test: per-sample values of each split.
-        window, points: as in `cna_tf.cna_area`.
+        alpha_train: per-sample alpha of the training split.
+        beta_train: per-sample beta of the training split.
+        alpha_test: per-sample alpha of the test split.
+        beta_test: per-sample beta of the test split.
+        window: as in `cna_tf.cna_area`.
+        points: as in `cna_tf.cna_area`.
         title: figure title (default shows CNA-A).
 
     Returns:
@@ -128,9 +132,14 @@ def depth_profile(layer_sums_low, layer_sums_high, alpha_low: Optional[float] = 
     Args:
         layer_sums_low: (L,) z_d of the low-complexity input.
         layer_sums_high: (L,) z_d of the high-complexity input.
-        alpha_low, alpha_high: their alpha values (shown in the legend when given).
-        index_low, index_high: their sample indices (shown in the legend when given).
-        image_low, image_high: their raw images, drawn in a narrow column on the right.
+        alpha_low: the low-complexity input's alpha (shown in the legend when given).
+        alpha_high: the high-complexity input's alpha (shown in the legend when given).
+        index_low: the low-complexity input's sample index (shown in the legend when given).
+        index_high: the high-complexity input's sample index (shown in the legend when
+            given).
+        image_low: the low-complexity input's raw image, drawn in a narrow column on the
+            right.
+        image_high: the high-complexity input's raw image, drawn in the same column.
         layer_names: names of the L probe layers, used as tick labels.
         title: figure title.
 
@@ -198,7 +207,8 @@ def loss_and_cna(epochs, loss, cna_values, cna_epochs=None, loss_label: str = "t
         loss: (T,) training loss.
         cna_values: (S,) CNA values.
         cna_epochs: (S,) their epochs (default: ``epochs``).
-        loss_label, cna_label: y-axis labels.
+        loss_label: the loss axis's label.
+        cna_label: the CNA axis's label.
         title: figure title.
 
     Returns:
@@ -275,13 +285,17 @@ def trajectory_landscape(model, trajectory: Mapping[int, np.ndarray], alpha, inp
     Draws ``contourf`` of the CNA landscape (`analysis.cna_landscape`), the trajectory projected
     onto PC1/PC2 as a red line with a marker per recorded epoch, and "Start"/"End" labels.
 
-    Example:
+    Examples:
         >>> cb = cna_tf.CNACallback(..., record_trajectory=True)
         >>> model.fit(x, y, epochs=20, callbacks=[cb])
         >>> fig = trajectory_landscape(model, cb.trajectory, cb.snapshot_alpha["test"], inputs)
 
     Args:
-        model, trajectory, alpha, inputs, grid: as in `analysis.cna_landscape`.
+        model: as in `analysis.cna_landscape`.
+        trajectory: as in `analysis.cna_landscape`.
+        alpha: as in `analysis.cna_landscape`.
+        inputs: as in `analysis.cna_landscape`.
+        grid: as in `analysis.cna_landscape`.
         landscape: a precomputed `analysis.cna_landscape` result (then the other data
             arguments are not used and nothing is computed).
         levels: number of contour levels.
@@ -337,7 +351,7 @@ def error_by_alpha_quintile(alpha, correct_by_epoch: Mapping[int, Any], confiden
     early in training. Each line is one quintile (lowest alpha dark blue ... highest orange), with its
     Wilson interval shaded when ``band``.
 
-    Example:
+    Examples:
         >>> cb = cna_tf.CNACallback(..., full_every=1)
         >>> model.fit(..., callbacks=[cb])
         >>> fig = error_by_alpha_quintile(cb.snapshot_alpha["test"],
@@ -346,7 +360,8 @@ def error_by_alpha_quintile(alpha, correct_by_epoch: Mapping[int, Any], confiden
     Args:
         alpha: (n,) alpha of the evaluated samples.
         correct_by_epoch: ``{epoch: (n,) correctness}`` aligned with ``alpha``.
-        confidence, bins: as in `analysis.quintile_errors`.
+        confidence: as in `analysis.quintile_errors`.
+        bins: as in `analysis.quintile_errors`.
         band: shade the intervals.
         logy: logarithmic error axis.
         title: figure title.
@@ -485,7 +500,8 @@ def correlation_bars(table: TableLike, value: str = "pearson",
     Args:
         table: the correlations (see above).
         value: column of the rows to draw.
-        metrics, groups: subsets / orders to draw (default: all present).
+        metrics: the measures to draw, in order (default: all present).
+        groups: the groups to draw, in order (default: all present).
         ylabel: y-axis label (default "<value> correlation with the gap").
         title: figure title.
 

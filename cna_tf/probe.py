@@ -515,7 +515,7 @@ class ActivationProbe:
     with layers of nested models expanded. The classifier (the last of them) is left out unless
     ``include_output=True``. Every pass runs in inference mode.
 
-    Example:
+    Examples:
         >>> probe = cna_tf.ActivationProbe(model)
         >>> sums = probe.layer_sums(x_test)          # (n, L) numpy array
         >>> b = cna_tf.beta(sums)
@@ -685,7 +685,7 @@ class ActivationProbe:
         all axes but the first, each array is the corresponding column of `layer_sums` (with
         ``reduce="sum"``; the mean with ``reduce="mean"``).
 
-        Example:
+        Examples:
             >>> acts = cna_tf.ActivationProbe(model, mode="post").layer_outputs(x[:32])
             >>> {name: a.shape for name, a in acts.items()}
 

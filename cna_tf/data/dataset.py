@@ -27,7 +27,7 @@ class Dataset:
     ``0..num_classes-1``. Normally built by :func:`load`; constructing one directly validates the
     arrays and computes ``mean`` / ``std`` when they are not given.
 
-    Example:
+    Examples:
         >>> ds = cna_tf.data.load("digits")
         >>> ds.input_shape, ds.num_classes
         ((8, 8, 1), 10)
@@ -130,7 +130,7 @@ class Dataset:
         Scales to [0, 1] by ``value_range``, then standardizes each channel with the training-set
         ``mean`` and ``std``: ``((raw - low) / (high - low) - mean) / std``. Numpy only.
 
-        Example:
+        Examples:
             >>> ds = cna_tf.data.load("digits")
             >>> x = ds.preprocess(ds.x_train)
             >>> x.dtype, abs(float(x.mean())) < 1e-4
@@ -168,7 +168,7 @@ class Dataset:
         as torchvision's ``RandomCrop(padding=4)``) and a random horizontal flip (none when
         ``self.flip`` is False). Imports TensorFlow on first call.
 
-        Example:
+        Examples:
             >>> ds = cna_tf.data.load("digits")
             >>> for x, y in ds.pipeline("train", batch_size=64).take(1):
             ...     print(x.shape, x.dtype, y.dtype)
@@ -216,7 +216,7 @@ def channel_stats(x: np.ndarray, value_range: ValueRange) -> Tuple[np.ndarray, n
 
     A constant channel gets std 1 so that standardizing never divides by zero.
 
-    Example:
+    Examples:
         >>> m, s = channel_stats(np.zeros((2, 4, 4, 3), np.uint8), (0, 255))
         >>> m.tolist(), s.tolist()
         ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])

@@ -40,7 +40,7 @@ CIFAR_GLOBALS = frozenset({
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles plain containers and the listed globals only (no code execution from a file).
 
-    Example:
+    Examples:
         >>> RestrictedUnpickler(io.BytesIO(pickle.dumps(print))).load()
         Traceback (most recent call last):
         _pickle.UnpicklingError: refusing to unpickle builtins.print from a CIFAR batch

@@ -48,7 +48,7 @@ def load(name: str, n_train: Optional[int] = None, n_test: Optional[int] = None,
     split), stratified subsampling to ``n_train`` / ``n_test``, then ``label_shuffle`` on the
     final training set. Every step draws from its own seeded stream.
 
-    Example:
+    Examples:
         >>> ds = load("digits", n_train=500, seed=3)
         >>> noise = load("gaussian", train_size=1000, test_size=200, label_shuffle=0.0)
         >>> local = load("npz:/data/my.npz", value_range=(0.0, 1.0))  # doctest: +SKIP
@@ -414,7 +414,7 @@ def locate(name: str, *, tfds: bool = True, **options: Any) -> Optional[str]:
 
     Cheap (file lookups only): the grid asks it for every dataset before training.
 
-    Example:
+    Examples:
         >>> locate("digits")
         'bundled with scikit-learn'
         >>> locate("cifar10", cache_dir="/nonexistent") is None   # doctest: +SKIP

@@ -35,7 +35,7 @@ def keras_cache_dir(cache_dir: Optional[str] = None) -> Path:
 
     ``KERAS_HOME`` defaults to ``~/.keras``; read at call time (not at Keras import time).
 
-    Example:
+    Examples:
         >>> keras_cache_dir()          # doctest: +SKIP
         PosixPath('/home/me/.keras/datasets')
 

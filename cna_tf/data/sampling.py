@@ -33,7 +33,7 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     with the largest fractional parts (ties broken at random), so class proportions are kept as
     closely as integers allow.
 
-    Example:
+    Examples:
         >>> idx = stratified_indices(np.repeat(np.arange(3), 10), 6, seed=0)
         >>> np.bincount(np.repeat(np.arange(3), 10)[idx]).tolist()
         [2, 2, 2]
@@ -117,7 +117,7 @@ def shuffle_labels(labels: np.ndarray, fraction: float, seed: int = 0
     The multiset of labels is unchanged; labels outside the subset are untouched; a label inside
     it may by chance keep its value.
 
-    Example:
+    Examples:
         >>> y, mask = shuffle_labels(np.arange(10) % 3, 0.5, seed=0)
         >>> int(mask.sum())
         5

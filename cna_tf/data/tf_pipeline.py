@@ -26,7 +26,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, *, value_range: Tuple[float, floa
     ``cna_tf.data.Dataset.preprocess``. Augmentation pads the [0, 1]-scaled image with zeros (raw
     value ``low``) before cropping, then standardizes.
 
-    Example:
+    Examples:
         >>> ds = make_dataset(x, y, value_range=(0, 255), mean=[0.13], std=[0.31],
         ...                   batch_size=128, shuffle=True, augment=True)
 
@@ -84,7 +84,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, *, value_range: Tuple[float, floa
 def augment_batch(x: tf.Tensor, seed: tf.Tensor, pad: int = 4, flip: bool = True) -> tf.Tensor:
     """Random crop with zero padding ``pad`` and an optional random horizontal flip, per image.
 
-    Example:
+    Examples:
         >>> out = augment_batch(tf.zeros((8, 32, 32, 3)), tf.constant([1, 2], tf.int64))
 
     Args:
@@ -117,7 +117,7 @@ def load_tfds(tfds_name: str, train_split: str, test_split: str,
               data_dir: Optional[str] = None):
     """Loads a prepared tensorflow-datasets dataset as numpy arrays, never downloading.
 
-    Example:
+    Examples:
         >>> x_tr, y_tr, x_te, y_te = load_tfds("svhn_cropped", "train", "test")  # doctest: +SKIP
 
     Args:

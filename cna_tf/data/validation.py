@@ -46,7 +46,7 @@ def check_fraction(p: Any) -> float:
 def check_value_range(value_range: Any) -> ValueRange:
     """A finite ``(low, high)`` pair with ``low < high``; integers stay ``int``, else ``float``.
 
-    Example:
+    Examples:
         >>> check_value_range((0, 16)), check_value_range([0, 1.0])
         ((0, 16), (0.0, 1.0))
     """

@@ -11,7 +11,7 @@ MLflow; the `compare` pipeline reads the instances from runs. One public surface
   (SPEC §9);
 * ``sign_error``: Dziugaite et al.'s robust :func:`sign_errors` per intervention (SPEC §10).
 
-Example:
+Examples:
     >>> rows = correlate(instances, metrics=["cna_margin", "l2"], targets=["gen_gap"],
     ...                  axes=["arch", "width", "seed", "epoch"], group_by=["arch"])
     >>> rows[0]["scope"], rows[0]["pearson"], rows[0]["granulated_kendall"]

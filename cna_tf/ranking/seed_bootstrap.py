@@ -383,7 +383,7 @@ def bootstrap(measures: Mapping[Any, Sequence[float]], gap: Sequence[float],
             ``replicate_axis`` other than ``"seed"`` that is not in ``hparams``, ``level``
             outside (0, 1) or ``replicates`` < 1.
 
-    Example:
+    Examples:
         >>> r = bootstrap({"cna_margin": cm, "l2": l2}, gap,
         ...               {"depth": depths, "width": widths, "lr": lrs, "seed": seeds})
         >>> point, low, high = r["cna_margin"]["kendall"]

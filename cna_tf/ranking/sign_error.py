@@ -158,7 +158,7 @@ def sign_errors(measures: Mapping[Any, Sequence[float]], gap: Sequence[float],
             ``"seed"`` that is not in ``hparams``, ``n_test`` not positive (or of the wrong
             length), ``min_ess`` negative or not a number, or ``noise_filter`` not a bool.
 
-    Example:
+    Examples:
         >>> s = sign_errors({"cna_margin": cm, "l2": l2}, gap,
         ...                 {"depth": depths, "width": widths, "seed": seeds}, n_test=10000)
         >>> s["cna_margin"]["width"]      # {"n": 4, "mean": 0.12, "p90": 0.3, "max": 0.41}
