@@ -10,7 +10,7 @@ the whole training set (m points): the cheap measures (everything but the search
 model; the second is warm), and each of the four searches on its own (its σ′/α′ bisection on
 ``min(m, samples)`` points). Target: the cheap measures under 1 s per network on this CPU.
 
-Run: .venv/bin/python bench/bench_suite.py [--quick] [--vgg_train 1000] [--out DIR]
+Run: .venv/bin/python bench/bench_suite.py [--quick | --smoke] [--vgg_train 1000] [--out DIR]
 """
 from __future__ import annotations
 
@@ -87,8 +87,9 @@ def main() -> None:
     cases = [("mlp", "digits", None), ("vgg18", "mnist", args.vgg_train)]
     samples = args.samples
     if args.quick:
-        cases = [("mlp", "digits", 300), ("vgg18", "digits", 300)]
-        samples = 100
+        n = 150 if args.smoke else 300
+        cases = [("mlp", "digits", n), ("vgg18", "digits", n)]
+        samples = 50 if args.smoke else 100
     load_before = load()
     results = {}
     rows = []
@@ -105,7 +106,8 @@ def main() -> None:
     met = all(r["cheap_seconds"] < TARGET_S for r in results.values())
     print(f"cheap measures under {TARGET_S:g} s per network: {'yes' if met else 'NO'}")
     path = save("suite", {"machine": machine(), "results": results, "met": met,
-                          "target_s": TARGET_S, "quick": args.quick, "samples": samples,
+                          "target_s": TARGET_S, "quick": args.quick, "smoke": args.smoke,
+                          "samples": samples,
                           "load_before": load_before, "load_after": load()}, out=args.out)
     print(f"wrote {path}")
 

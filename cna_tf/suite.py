@@ -468,8 +468,8 @@ def compute(model, x, y, *, initial_weights=None, names: Optional[Iterable[str]]
     """Every post-hoc measure of SPEC §12 for one trained network.
 
     Args:
-        model: a built Functional or Sequential Keras classifier (nested models allowed). Its
-            weights are restored exactly after the searches.
+        model: a built Keras classifier: Functional, Sequential or subclassed (nested models
+            allowed). Its weights are restored exactly after the searches.
         x: its training inputs as it takes them (preprocessed), shape (m, ...): γ₁₀ runs over
             all of them, the searches over a seeded subset of ``samples``.
         y: their labels, integer class indices (m,) or one-hot rows.

@@ -299,10 +299,15 @@ DESCRIPTION_LIMIT = 8000
 def description(intro: str, tables: List[str], limit: int = DESCRIPTION_LIMIT) -> str:
     """The compare run's Description: the intro and as many whole tables as MLflow keeps.
 
-    Tables that would not fit are named, not cut: all are in ``compare/correlations.md``.
+    Tables that would not fit are named, not cut: all are in ``compare/correlations.md``; the
+    first one, if too long with the notes under it, is kept without them.
     """
     text = intro
     for i, table in enumerate(tables):
+        if len(text) + 2 + len(table) > limit - 200 and i == 0:
+            # the first table without its notes rather than nothing
+            table = "\n".join(ln for ln in table.split("\n") if not ln.startswith("- ")) + (
+                "\n\n(its notes are in the artifact compare/correlations.md)")
         if len(text) + 2 + len(table) > limit - 200:  # 200: room for the note below
             rest = tables[i:]
             targets = [t.split("`")[1] for t in rest if t.startswith("Correlation with `")]
@@ -732,18 +737,20 @@ def accuracy_figure(instances: List[Dict[str, Any]], cna_key: str = "cna_test"):
                                  title=f"{cna_key} vs test accuracy (Fig. 7)")
 
 
+def _by_kendall(rows: List[Dict[str, Any]], target: str) -> List[str]:
+    """The measures, best first, by Kendall's τ with ``target`` on All Nets (NaN last)."""
+    mine = [r for r in rows if r["target"] == target and r["scope"] == ALL_NETS]
+    return [r["metric"] for r in sorted(
+        mine, key=lambda r: -(r["kendall"] if _finite(r["kendall"]) else -math.inf))]
+
+
 def terminal_tables(rows: List[Dict[str, Any]], interval_tables: Dict[str, str],
                     sign_tables: Dict[str, str]) -> str:
     """The tables as `compare` prints them: every table of ``compare/correlations.md``, each
     cut to the CNA family, the paper's baselines and the best others (`families.shorten`; the
     correlation tables by Kendall's τ on All Nets), and the best measure of each family per
     gap (`families.family_markdown`)."""
-    def by_kendall(target):
-        mine = [r for r in rows if r["target"] == target and r["scope"] == ALL_NETS]
-        return [r["metric"] for r in sorted(
-            mine, key=lambda r: -(r["kendall"] if _finite(r["kendall"]) else -math.inf))]
-
-    parts = [families.shorten(markdown(rows, t), order=by_kendall(t))
+    parts = [families.shorten(markdown(rows, t), order=_by_kendall(rows, t))
              for t in TARGETS + ("test_acc",)]
     parts += [families.family_markdown(rows, t) for t in TARGETS]
     parts += [families.shorten(t) for t in list(interval_tables.values())
@@ -802,8 +809,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                           + [families.family_markdown(rows, t) for t in TARGETS]
                           + list(interval_tables.values()) + list(sign_tables.values()))
     printed = terminal_tables(rows, interval_tables, sign_tables)
-    # the Description: each gap's interval table, then its sign-error table (so the first
-    # gap's sign-errors come before the second gap's intervals where space runs out)
+    # the Description (MLflow keeps 8,000 characters): each gap's interval table, then its
+    # sign-error table (so the first gap's sign-errors come before the second gap's intervals
+    # where space runs out), each cut as the terminal prints it; every row is in the artifacts
     per_gap = [table for t in TARGETS
                for table in (interval_tables.get(t), sign_tables.get(t)) if table]
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run already exists
@@ -817,8 +825,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                              f"Metrics ranked by their correlation with the generalization gap "
                              f"over {len(instances)} network instances ({len(runs)} runs, "
                              f"{scope}).\n\n{converged_line}",
-                             per_gap
-                             + [markdown(rows, t) for t in TARGETS + ("test_acc",)]
+                             [families.shorten(t) for t in per_gap]
+                             + [families.shorten(markdown(rows, t), order=_by_kendall(rows, t))
+                                for t in TARGETS + ("test_acc",)]
                              + [families.family_markdown(rows, t) for t in TARGETS])})
         log_launch("compare", {k: getattr(args, k) for k in declared("compare")})
         log_resolved({"grid_run_id": grid_id or "all", "experiment": exp.name})

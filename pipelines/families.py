@@ -13,6 +13,7 @@ left out and where they are. The rank column keeps each measure's rank among all
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from cna_tf import optimization, suite
@@ -59,6 +60,10 @@ def ordered(metrics: Iterable[str]) -> List[str]:
     return sorted(metrics, key=lambda m: _ORDER.index(family(m)))
 
 
+#: a note under a table about one measure: "- kendall of 'l2' is undefined ..."
+_NOTE = re.compile(r"- \S+ of '([^']+)' ")
+
+
 def _cells(line: str) -> List[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
@@ -67,7 +72,8 @@ def shorten(table: str, order: Optional[Sequence[str]] = None, best: int = BEST,
             where: str = "compare/correlations.md") -> str:
     """A Markdown table (or several, with text between) as the terminal prints it.
 
-    Keeps the header, the rows of `ALWAYS_SHOWN` and the first ``best`` other rows: in
+    Keeps the header, the rows of `ALWAYS_SHOWN` and of users' measures (a name no family
+    lists: what `score` added) and the first ``best`` other rows: in
     ``order`` when given, else in the table's row order. The first table's kept measures are
     kept in the tables after it (the paired fractions under a ranking). The metric is the
     column headed ``metric`` or ``other measure``; a table with neither is left whole. Under a
@@ -76,7 +82,7 @@ def shorten(table: str, order: Optional[Sequence[str]] = None, best: int = BEST,
     Args:
         table: the Markdown text.
         order: the measures, best first, for a table whose rows are not ranked.
-        best: how many measures outside `ALWAYS_SHOWN` to keep.
+        best: how many measures outside `ALWAYS_SHOWN` and users' measures to keep.
         where: the artifact that has every row.
     """
     lines = table.split("\n")
@@ -85,7 +91,9 @@ def shorten(table: str, order: Optional[Sequence[str]] = None, best: int = BEST,
     i = 0
     while i < len(lines):
         if not lines[i].startswith("|"):
-            out.append(lines[i])
+            note = _NOTE.match(lines[i])
+            if not (note and keep is not None and note.group(1) not in keep):
+                out.append(lines[i])  # a note on a measure left out goes with its row
             i += 1
             continue
         block = []
@@ -101,9 +109,10 @@ def shorten(table: str, order: Optional[Sequence[str]] = None, best: int = BEST,
         body = block[2:]
         metrics = [_cells(row)[column] for row in body]
         if keep is None:
+            users = {m for m in metrics if family(m) == USERS}  # what `score` added: shown
             others = [m for m in (order if order is not None else metrics)
-                      if m in metrics and m not in ALWAYS_SHOWN]
-            keep = set(ALWAYS_SHOWN) | set(others[:best])
+                      if m in metrics and m not in ALWAYS_SHOWN and m not in users]
+            keep = set(ALWAYS_SHOWN) | users | set(others[:best])
         kept = [row for row, m in zip(body, metrics) if m in keep]
         out += block[:2] + kept
         left = len(body) - len(kept)

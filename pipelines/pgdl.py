@@ -328,13 +328,13 @@ def measure(model, ds, initial: Optional[Dict[str, Any]], max_samples: int = MAX
 
 def experiment_name(given: str, task_name: str) -> str:
     """The experiment the step imports into: the one given, else the one ``mlflow run
-    --experiment-name`` started it in, else ``pgdl-<task>`` (the lookup `compare` and `score`
-    do, kept in this one function to swap for a shared helper)."""
-    from compare import _launched_in
+    --experiment-name`` started it in (`experiment.launched_in`, the lookup every step shares),
+    else ``pgdl-<task>``."""
+    from experiment import launched_in
 
     if given:
         return given
-    launched = _launched_in()
+    launched = launched_in()
     return launched.name if launched is not None else f"pgdl-{task_name}"
 
 

@@ -49,7 +49,8 @@ RUN: Dict[str, str] = {
     "mlflow run . --env-manager local -e compare --experiment-name cna_tf-demo": "",
     "mlflow run . --env-manager local -e compare --experiment-name cna_tf-demo "
     "-P all_runs=true": "",
-    "mlflow run . --env-manager local -e train -P arch=resnet18 -P dataset=mnist -P width=0.25":
+    "mlflow run . --env-manager local -e train -P arch=resnet18 -P dataset=mnist -P width=0.25 "
+    "-P suite=cheap":
         "-P epochs=1 -P n_train=256 -P n_test=128 -P max_samples=128 -P batch_size=64",
     "mlflow run . --env-manager local -e reproduce -P quick=true": "-P seeds=1 -P datasets=digits",
     "mlflow run . --env-manager local -e score --experiment-name cna_tf-demo "
@@ -347,7 +348,7 @@ def test_score_line_then_compare_ranks_the_example_measure(store, demo_grid):
 def test_train_line_logs_what_it_was_given(store):
     d, env = store
     command = ("mlflow run . --env-manager local -e train -P arch=resnet18 -P dataset=mnist "
-               "-P width=0.25")
+               "-P width=0.25 -P suite=cheap")
     run_documented(command, env)
     client = _client(env)
     run = client.search_runs([client.get_experiment_by_name("Default").experiment_id],

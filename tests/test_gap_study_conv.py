@@ -62,7 +62,8 @@ def test_two_cells_of_the_config_train_through_mlflow_run_grid(tmp_path):
     (block,) = config["cells"]
     assert set(block) == set(AXES)
     block.update(seed=0, label_shuffle=0.2, n_train=64, weight_decay=0.0001)
-    config["defaults"].update(epochs=1, n_test=64, max_samples=32)
+    # suite cheap: §8's three searches (flatness: true) without §12's fourth, sizes only
+    config["defaults"].update(epochs=1, n_test=64, max_samples=32, suite="cheap")
     small = tmp_path / "gap_study_conv_small.yaml"
     small.write_text(yaml.safe_dump(config))
     store = f"sqlite:///{tmp_path}/mlflow.db"

@@ -500,6 +500,9 @@ def test_printed_tables_keep_cna_the_baselines_and_the_best_others():
     assert f"| 13 | {suite_names[10]} |" in by_order and f"| {suite_names[0]} |" not in by_order
     small = "| metric | x |\n|---|---|\n| cna_area | 1 |\n| dist_init | 2 |"
     assert families.shorten(small) == small
+    # a user's measure (`score`) is always shown, beside CNA and the baselines
+    mine = table.replace(f"| {suite_names[19]} |", "| my_measure |")
+    assert "| my_measure |" in families.shorten(mine, best=3)
     assert families.family("prod_of_spec_fft") == "spectral"
     assert families.family("steps_to_ce_0.1") == "optimization"
     assert families.family("my_measure") == "users' measures"
@@ -552,6 +555,8 @@ def test_compare_ranks_the_whole_suite_and_prints_it_short(tmp_path, monkeypatch
         assert f"| {m} |" in out
     assert sum(f"| {m} |" in out for m in compare_step.SUITE) < len(compare_step.SUITE)
     assert "Best measure of each family with `gen_gap` in All Nets" in out
-    # the Description: whole tables only
+    # the Description: the tables as printed (cut), as many whole ones as MLflow keeps
     note = run.data.tags["mlflow.note.content"]
-    assert len(note) <= compare_step.DESCRIPTION_LIMIT and "(… and" not in note
+    assert len(note) <= compare_step.DESCRIPTION_LIMIT
+    assert "Seed-bootstrap intervals of the correlation with `gen_gap`" in note
+    assert "| cna_margin |" in note and "every row is in compare/correlations.md" in note

@@ -361,3 +361,28 @@ def test_saved_subclassed_model_reloads_when_registered_and_says_why_not(tmp_pat
     msg = str(err.value)
     assert bad in msg and "MLP" in msg and "register_keras_serializable" in msg
     assert "get_config" in msg
+
+
+def test_flatness_and_the_suite_equal_the_twin(conv):
+    """SPEC §8's searches and §12's suite see the same weights, the same BN folding and the same
+    layer input sizes through a subclassed model as through its functional twin."""
+    from cna_tf import flatness, suite
+
+    twin = conv_twin(conv)
+    w0 = {"sub": suite.capture_initial_weights(conv), "twin": suite.capture_initial_weights(twin)}
+    assert [a.shape for a in w0["sub"].values()] == [b.shape for b in w0["twin"].values()]
+    random_weights(conv, seed=6)                 # trained away from the captured ones
+    x = digits_like(32, (8, 8, 1), 4, seed=4)[0].astype("float32") / 16
+    y = conv.predict(x, verbose=0).argmax(1)     # its own labels: γ₁₀ > 0, margins defined
+    y[:2] = (y[:2] + 1) % 4                      # a few errors, so the searches have a target
+    got = flatness.compute(conv, x, y, samples=32, seed=0)
+    want = flatness.compute(twin, x, y, samples=32, seed=0)
+    assert got.keys() == want.keys()
+    for key in got:
+        assert got[key] == pytest.approx(want[key], rel=1e-6, nan_ok=True), key
+    a = suite.compute(conv, x, y, initial_weights=w0["sub"], names=suite.CHEAP, train_size=32)
+    b = suite.compute(twin, x, y, initial_weights=w0["twin"], names=suite.CHEAP, train_size=32)
+    assert a.keys() == b.keys() and a.reasons == b.reasons
+    assert sorted(k for k, v in a.items() if not math.isfinite(v)) == sorted(a.reasons)
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-6, nan_ok=True), key
