@@ -35,7 +35,7 @@ CHROMEDRIVER = os.environ.get("CNA_TF_CHROMEDRIVER", "/usr/bin/chromedriver")
 TINY_GRID = (
     "name: tiny4\n"
     "defaults: {dataset: digits, epochs: 2, snapshot_every: 1, batch_size: 64,"
-    " n_train: 300, n_test: 150, max_samples: 200}\n"
+    " n_train: 300, n_test: 150, max_samples: 200, suite: cheap}\n"
     "cells:\n"
     "  - {arch: mlp, width: 0.05, depth: 2, seed: [0, 1, 2, 3]}\n")
 

@@ -13,8 +13,9 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 
 import cells  # noqa: E402
 
+# suite cheap: the kills and resumes are what these test (the searches' resume: test_reference)
 TINY = ["--width", "0.05", "--depth", "2", "--n_train", "300", "--n_test", "150",
-        "--max_samples", "200", "--batch_size", "64"]
+        "--max_samples", "200", "--batch_size", "64", "--suite", "cheap"]
 
 
 def _env(tmp_path, **kw):
@@ -82,7 +83,7 @@ def _write_config(tmp_path):
     config.write_text(
         "name: tiny\n"
         "defaults: {dataset: digits, epochs: 4, snapshot_every: 2, batch_size: 64,"
-        " n_train: 300, n_test: 150, max_samples: 200, depth: 2, arch: mlp}\n"
+        " n_train: 300, n_test: 150, max_samples: 200, depth: 2, arch: mlp, suite: cheap}\n"
         "cells:\n"
         "  - {width: [0.05, 0.1], seed: [0, 1]}\n")
     return config

@@ -31,7 +31,7 @@ import cells  # noqa: E402
 from params import read_params  # noqa: E402
 
 TINY = ("defaults: {arch: mlp, dataset: digits, width: 0.05, depth: 2, batch_size: 64,"
-        " n_train: 300, n_test: 150, max_samples: 200, snapshot_every: 2}\n")
+        " n_train: 300, n_test: 150, max_samples: 200, snapshot_every: 2, suite: cheap}\n")
 CONFIG = ("name: raytiny\n" + TINY + "cells:\n"
           "  - {epochs: 4, seed: 0}\n"  # its Ray worker is killed (snapshots 0, 2, 4)
           "  - {epochs: 3, seed: 1}\n"

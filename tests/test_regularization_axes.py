@@ -114,7 +114,7 @@ def test_weight_decay_and_dropout_through_train_py(tmp_path):
     args = ["--dataset", "digits", "--arch", "mlp", "--width", "0.1", "--depth", "2",
             "--batch_size", "32", "--n_train", "300", "--n_test", "150", "--max_samples", "150",
             "--snapshot_every", "0", "--lr", "0.05", "--epochs", "40", "--stop_loss", "0.3",
-            "--weight_decay", "0.01", "--dropout", "0.1"]
+            "--weight_decay", "0.01", "--dropout", "0.1", "--suite", "none"]
     done = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train.py"), *args],
                           env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
