@@ -74,7 +74,7 @@ import numpy as np
 from keras import ops
 
 from cna_tf.measures import CNAWarning
-from cna_tf.probe import graph_inputs, layer_graph, named_affine_layers, replay
+from cna_tf.probe import layer_graph, named_affine_layers, ones_inputs, replay
 
 __all__ = ["compute", "l2", "spectral", "l2_path", "bound_2018", "l2_raw", "spectral_raw",
            "l2_path_raw", "capture_initial_weights", "initial_kernels", "kernel_matrices",
@@ -445,14 +445,7 @@ def _squared_copy(model: keras.Model) -> keras.Model:
 def _path_sum(model: keras.Model) -> float:
     """Σ of the classifier's affine outputs of the squared-weight copy on an all-ones input."""
     copy = _squared_copy(model)
-    inputs = []
-    for t in graph_inputs(copy):
-        shape = (1,) + tuple(t.shape[1:])
-        if any(s is None for s in shape):
-            raise ValueError(f"input '{t.name}' has an undefined dimension {tuple(t.shape)}; "
-                             "an all-ones input needs a fixed input shape")
-        inputs.append(ops.ones(shape, dtype=t.dtype))
-    values, _ = replay(copy, inputs, mode="pre", training=False)
+    values, _ = replay(copy, ones_inputs(copy), mode="pre", training=False)
     z = np.asarray(_numpy(values[-1]), dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         return float(np.sum(z))

@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import keras
 import numpy as np
 
-from cna_tf.probe import _Plan, graph_inputs, replay
+from cna_tf.probe import _Plan, ones_inputs, replay
 
 __all__ = ["LayerContext", "layer_contexts", "scale", "initial_scale", "fold_kernel",
            "capture_bn_state", "folded_path_sum"]
@@ -237,14 +237,7 @@ def folded_path_sum(model: keras.Model, contexts: List[LayerContext]) -> float:
             values[where[id(bn.beta)]] = np.zeros_like(mean)
     for b, value in zip(dst, values):
         b.assign(np.asarray(value).astype(b.dtype))
-    inputs = []
-    for t in graph_inputs(copy):
-        shape = (1,) + tuple(t.shape[1:])
-        if any(d is None for d in shape):
-            raise ValueError(f"input '{t.name}' has an undefined dimension {tuple(t.shape)}; "
-                             "an all-ones input needs a fixed input shape")
-        inputs.append(keras.ops.ones(shape, dtype=t.dtype))
-    out, _ = replay(copy, inputs, mode="pre", training=False)
+    out, _ = replay(copy, ones_inputs(copy), mode="pre", training=False)
     z = np.asarray(keras.ops.convert_to_numpy(out[-1]), dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         return float(np.sum(z))

@@ -791,6 +791,23 @@ def graph_inputs(model: keras.Model) -> List[Any]:
     return list(layer_graph(model).inputs)
 
 
+def ones_inputs(model: keras.Model) -> List[Any]:
+    """One all-ones example per input of the model's layer graph, in its dtype (the path norm's
+    input, SPEC §2 and §12).
+
+    Raises:
+        ValueError: an input with an undefined dimension besides the batch.
+    """
+    inputs = []
+    for t in graph_inputs(model):
+        shape = (1,) + tuple(t.shape[1:])
+        if any(d is None for d in shape):
+            raise ValueError(f"input '{t.name}' has an undefined dimension {tuple(t.shape)}; "
+                             "an all-ones input needs a fixed input shape")
+        inputs.append(keras.ops.ones(shape, dtype=t.dtype))
+    return inputs
+
+
 def replay(model: keras.Model, inputs: Sequence[Any], mode: str = "pre",
            training: bool = False) -> Tuple[List[Any], Any]:
     """Runs ``model``'s layer graph on backend tensors, keeping every probe layer's activation.

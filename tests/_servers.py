@@ -106,6 +106,35 @@ def chromium_missing(chromium: str = CHROMIUM, chromedriver: str = CHROMEDRIVER)
             "(.ci/run does)")
 
 
+#: headless Chromium's flags for the UI and site tests (no network of its own, no GPU)
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=2200,900",
+                  "--disable-dev-shm-usage")
+
+
+@contextlib.contextmanager
+def headless_chromium(profile: Path):
+    """A Selenium driver of headless Chromium with its profile in ``profile``; quit on exit.
+    Skips (fails under CI=true) when Chromium, chromedriver or selenium is missing."""
+    why = chromium_missing()
+    if why:
+        missing(why)
+    webdriver = require_module("selenium.webdriver", "pip install selenium (dev extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
 # -- PostgreSQL ----------------------------------------------------------------------------------
 
 def pg_bin(name: str) -> Optional[str]:

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from _servers import (CHROMEDRIVER, CHROMIUM, ROOT, _stop, chromium_missing, free_port, missing,
-                      require_module)
+from _servers import ROOT, _stop, free_port, headless_chromium
 
 VENV_BIN = Path(sys.executable).parent
 # what Chromium must find in the site's navigation tabs (mkdocs.yml's nav)
@@ -195,24 +194,8 @@ def served(site):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    why = chromium_missing()
-    if why:
-        missing(why)   # a skip here, a failure under CI=true
-    webdriver = require_module("selenium.webdriver", "pip install selenium (dev extra)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1400,900", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
+    with headless_chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _open(driver, url: str):

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from _servers import (CHROMEDRIVER, CHROMIUM, ROOT, artifacts_dir, chromium_missing, missing,
-                      mlflow_server, require_module)
+from _servers import ROOT, artifacts_dir, headless_chromium, mlflow_server
 from _shared_grid import N_CELLS
 
 WIDTHS = (0.05, 0.1, 0.25, 0.5)
@@ -30,10 +29,6 @@ WIDTHS = (0.05, 0.1, 0.25, 0.5)
 CNA_MARGIN = {0.05: 0.125, 0.1: 0.25, 0.25: 0.375, 0.5: -0.5}
 L2 = {0.05: 10.5, 0.1: 11.25, 0.25: 12.75, 0.5: 14.0}
 GEN_GAP = {0.05: 0.0625, 0.1: 0.125, 0.25: 0.25, 0.5: 0.5}
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=2200,900",
-                  "--disable-dev-shm-usage")
 #: what only MLflow's GenAI overview shows (its charts and its pop-up)
 GENAI_OVERVIEW = ("Token Usage", "Detect Issues in Your Traces", "Tokens per Trace")
 
@@ -122,22 +117,8 @@ def close_side_panels(driver) -> None:
 
 @pytest.fixture
 def browser(tmp_path):
-    why = chromium_missing()
-    if why:
-        missing(why)   # a skip here, a failure under CI=true
-    webdriver = require_module("selenium.webdriver", "pip install selenium (dev extra)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
+    with headless_chromium(tmp_path / "chromium-profile") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _table(driver):
