@@ -96,7 +96,7 @@ def _warn(msg: str) -> None:
 
 # -- the matrices -----------------------------------------------------------------------------
 
-def _numpy(x) -> np.ndarray:
+def to_numpy(x) -> np.ndarray:
     """A variable's or tensor's value as numpy (``Variable.numpy()`` for a variable: on
     TensorFlow, ``ops.convert_to_numpy`` of a variable emits a NumPy-2 DeprecationWarning)."""
     if isinstance(x, keras.Variable):
@@ -105,10 +105,11 @@ def _numpy(x) -> np.ndarray:
 
 
 def _to_float64(x) -> np.ndarray:
-    return np.array(_numpy(x), dtype=np.float64, copy=True)
+    return np.array(to_numpy(x), dtype=np.float64, copy=True)
 
 
-def _kind(layer) -> str:
+def kernel_kind(layer) -> str:
+    """The matrix kind of an affine layer: dense, conv, depthwise, separable or transpose."""
     L = keras.layers
     sep = tuple(getattr(L, n) for n in ("SeparableConv1D", "SeparableConv2D") if hasattr(L, n))
     dw = tuple(getattr(L, n) for n in ("DepthwiseConv1D", "DepthwiseConv2D") if hasattr(L, n))
@@ -125,9 +126,9 @@ def _kind(layer) -> str:
     return "conv"
 
 
-def _layer_kernels(layer) -> List[Tuple[str, str, object]]:
+def layer_kernels(layer) -> List[Tuple[str, str, object]]:
     """(role, matrix kind, kernel tensor) of each matrix of one affine layer."""
-    kind = _kind(layer)
+    kind = kernel_kind(layer)
     if kind == "separable":
         return [("depthwise_kernel", "depthwise", layer.depthwise_kernel),
                 ("pointwise_kernel", "conv", layer.pointwise_kernel)]
@@ -263,7 +264,7 @@ def kernel_matrices(model: keras.Model) -> List[KernelMatrix]:
     out: List[KernelMatrix] = []
     for name, layer in named_affine_layers(model, include_output=True):
         groups = int(getattr(layer, "groups", 1) or 1)
-        for role, kind, kernel in _layer_kernels(layer):
+        for role, kind, kernel in layer_kernels(layer):
             key = f"{name}/{role}"
             out.append(KernelMatrix(key, layer, role, kind, _to_float64(kernel),
                                     groups if kind == "conv" and role == "kernel" else 1))
@@ -289,7 +290,7 @@ def capture_initial_weights(model: keras.Model) -> Dict[str, np.ndarray]:
     return {m.key: m.kernel for m in kernel_matrices(model)}
 
 
-def _kernel_variable(layer, role: str):
+def kernel_variable(layer, role: str):
     """The variable behind a layer's kernel (``layer.kernel`` is the effective kernel, a tensor
     when LoRA is enabled; its stored base variable is ``_kernel``)."""
     if role == "kernel":
@@ -342,7 +343,7 @@ def initial_kernels(model: keras.Model, initial_weights: InitialWeights
         position = {id(v): i for i, v in enumerate(weights)}
         out: Dict[str, np.ndarray] = {}
         for m in mats:
-            i = position.get(id(_kernel_variable(m.layer, m.role)))
+            i = position.get(id(kernel_variable(m.layer, m.role)))
             if i is None:
                 raise ValueError(
                     f"the kernel of '{m.key}' is not one of model.weights, so a list cannot be "
@@ -401,7 +402,9 @@ def _log_products(mats: Sequence[KernelMatrix]) -> Tuple[float, float, np.ndarra
 
 # -- the squared-weight copy (path norm) ------------------------------------------------------
 
-def _clone_float64(layer):
+def clone_float64(layer):
+    """A float64 copy of a layer's configuration with zero initializers (its variables are
+    assigned after); a keras.ops node of a traced graph is returned as it is."""
     if not isinstance(layer, keras.layers.Layer):  # a keras.ops node of a traced graph
         return layer
     config = layer.get_config()
@@ -428,14 +431,14 @@ def _squared_copy(model: keras.Model) -> keras.Model:
     if graph is not model and graph is not getattr(model, "_functional", None):
         model = graph
     try:
-        copy = keras.models.clone_model(model, clone_function=_clone_float64, recursive=True)
+        copy = keras.models.clone_model(model, clone_function=clone_float64, recursive=True)
     except Exception:  # noqa: BLE001 - e.g. a custom layer without a dtype argument
         copy = keras.models.clone_model(model, clone_function=_keep_ops, recursive=True)
     src, dst = model.weights, copy.weights
     if len(src) != len(dst) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(src, dst)):
         raise ValueError("the clone of the model has different variables than the model")
     for a, b in zip(src, dst):
-        value = _numpy(a)
+        value = to_numpy(a)
         if getattr(a, "trainable", False) and np.issubdtype(value.dtype, np.floating):
             value = np.square(value.astype(np.float64))
         b.assign(np.asarray(value).astype(b.dtype))
@@ -446,7 +449,7 @@ def _path_sum(model: keras.Model) -> float:
     """Σ of the classifier's affine outputs of the squared-weight copy on an all-ones input."""
     copy = _squared_copy(model)
     values, _ = replay(copy, ones_inputs(copy), mode="pre", training=False)
-    z = np.asarray(_numpy(values[-1]), dtype=np.float64)
+    z = np.asarray(to_numpy(values[-1]), dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         return float(np.sum(z))
 
@@ -471,8 +474,10 @@ def _log_path(model: keras.Model) -> float:
 
 # -- the 2018 bound ---------------------------------------------------------------------------
 
-def _match_initial(mats: Sequence[KernelMatrix],
-                   initial_weights: Mapping[str, np.ndarray]) -> List[np.ndarray]:
+def match_initial(mats: Sequence[KernelMatrix],
+                  initial_weights: Mapping[str, np.ndarray]) -> List[np.ndarray]:
+    """The initial kernel of each matrix, by key, else by position; ValueError naming the
+    mismatch and the fix when they do not fit the model."""
     keys = [m.key for m in mats]
     if all(k in initial_weights for k in keys):
         init = [np.asarray(initial_weights[k], dtype=np.float64) for k in keys]
@@ -506,7 +511,7 @@ def _log_bound(mats: Sequence[KernelMatrix], log_sig: np.ndarray, log_gamma: flo
         raise ValueError(f"train_size must be a positive integer, got {train_size!r}")
     if math.isnan(log_gamma):
         return math.nan
-    init = _match_initial(mats, initial_weights)
+    init = match_initial(mats, initial_weights)
     d = len(mats)
     h = max(mat.shape[0] for mat in mats)
     log_dist = _log([np.linalg.norm((mat.kernel - w0).ravel()) for mat, w0 in zip(mats, init)])
@@ -528,7 +533,7 @@ def _log_dist_init(mats: Sequence[KernelMatrix],
     """log Σ_l ‖W_l − W_l⁰‖_F² (log-sum-exp of the per-matrix logs), NaN without W⁰."""
     if initial_weights is None:
         return math.nan
-    init = _match_initial(mats, initial_weights)
+    init = match_initial(mats, initial_weights)
     log_sq = 2.0 * _log([np.linalg.norm((m.kernel - w0).ravel()) for m, w0 in zip(mats, init)])
     with np.errstate(invalid="ignore", over="ignore"):
         return float(np.logaddexp.reduce(log_sq))

@@ -111,8 +111,8 @@ def layer_contexts(model: keras.Model) -> List[LayerContext]:
 
 
 def _value(v) -> np.ndarray:
-    from cna_tf.baselines import _numpy
-    return np.asarray(_numpy(v), dtype=np.float64)
+    from cna_tf.baselines import to_numpy
+    return np.asarray(to_numpy(v), dtype=np.float64)
 
 
 def scale(bn) -> np.ndarray:
@@ -178,8 +178,8 @@ def fold_kernel(kind: str, kernel: np.ndarray, s: np.ndarray) -> np.ndarray:
     return kernel * s                                    # (..., out)
 
 
-def _clone_float64(layer):
-    from cna_tf.baselines import _clone_float64 as clone
+def clone_float64(layer):
+    from cna_tf.baselines import clone_float64 as clone
     return clone(layer)
 
 
@@ -195,7 +195,7 @@ def folded_path_sum(model: keras.Model, contexts: List[LayerContext]) -> float:
     classifier's affine output.
     """
     try:
-        copy = keras.models.clone_model(model, clone_function=_clone_float64, recursive=True)
+        copy = keras.models.clone_model(model, clone_function=clone_float64, recursive=True)
     except Exception:  # noqa: BLE001 - e.g. a custom layer without a dtype argument
         copy = keras.models.clone_model(model, recursive=True)
     src, dst = model.weights, copy.weights
@@ -209,14 +209,14 @@ def folded_path_sum(model: keras.Model, contexts: List[LayerContext]) -> float:
         if getattr(v, "trainable", False) and np.issubdtype(value.dtype, np.floating):
             value = np.square(value.astype(np.float64))
         values.append(value)
-    from cna_tf.baselines import _kernel_variable, _layer_kernels, _kind
+    from cna_tf.baselines import kernel_variable, layer_kernels, kernel_kind
     for c in contexts:
         if c.bn is None:
             continue
         layer, bn = c.layer, c.bn
         s = scale(bn)
-        role, kind, _ = _layer_kernels(layer)[-1]  # a SeparableConv: its pointwise kernel
-        kernel = _kernel_variable(layer, role)
+        role, kind, _ = layer_kernels(layer)[-1]  # a SeparableConv: its pointwise kernel
+        kernel = kernel_variable(layer, role)
         values[where[id(kernel)]] = np.square(fold_kernel(kind, _value(kernel), s))
         mean = _value(bn.moving_mean)
         beta = _value(bn.beta) if bn.center else np.zeros_like(mean)

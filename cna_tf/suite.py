@@ -186,11 +186,11 @@ def _folded_layers(model, initial) -> Tuple[List[_Layer], Optional[str]]:
                   "(model) (or cna_tf.baselines.capture_initial_weights(model)) taken before "
                   "training")
     else:
-        init_kernels = baselines._match_initial(mats, initial)
+        init_kernels = baselines.match_initial(mats, initial)
     out: List[_Layer] = []
     for i, mat in enumerate(mats):
         ctx = contexts[mat.key.rsplit("/", 1)[0]]
-        last = baselines._layer_kernels(mat.layer)[-1][0] == mat.role
+        last = baselines.layer_kernels(mat.layer)[-1][0] == mat.role
         kernel = mat.kernel
         w0 = None if init_kernels is None else init_kernels[i]
         if ctx.bn is not None and last:
@@ -242,11 +242,9 @@ def _sigma(mat, kernel: Optional[np.ndarray] = None) -> float:
 
 def _full_kernel(mat) -> np.ndarray:
     """An ordinary (k..., c_in, c_out) convolution kernel with the same operator norm."""
-    from cna_tf import baselines
-
     if mat.kind == "transpose" or (mat.kind == "conv" and mat.groups == 1):
         return mat.kernel
-    dense = baselines._dense(mat.kind, mat.kernel, mat.groups)      # (out, k·in)
+    dense = mat.dense()                                               # (out, k·in)
     spatial = mat.kernel.shape[:-2]
     full = dense.reshape((dense.shape[0],) + spatial + (-1,))
     return np.moveaxis(full, 0, -1)

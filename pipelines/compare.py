@@ -153,8 +153,9 @@ def instances_of_run(client, run) -> List[Dict[str, Any]]:
     base = run_params(run)
     if "arch" not in base and "arch" in run.data.tags:  # an imported zoo names it in a tag
         base["arch"] = run.data.tags["arch"]
-    if extra_hparams(run):
-        base[EXTRA_AXES] = ",".join(extra_hparams(run))
+    extra = extra_hparams(run)
+    if extra:
+        base[EXTRA_AXES] = ",".join(extra)
     base.update(run_id=run.info.run_id, cell_key=run.data.tags.get(TAG + "cell_key", ""),
                 converged=run_converged(run), test_size=gap_test_size(run, base))
     out = []
@@ -745,17 +746,25 @@ def _by_kendall(rows: List[Dict[str, Any]], target: str) -> List[str]:
 
 
 def terminal_tables(rows: List[Dict[str, Any]], interval_tables: Dict[str, str],
-                    sign_tables: Dict[str, str]) -> str:
-    """The tables as `compare` prints them: every table of ``compare/correlations.md``, each
-    cut to the CNA family, the paper's baselines and the best others (`families.shorten`; the
-    correlation tables by Kendall's τ on All Nets), and the best measure of each family per
-    gap (`families.family_markdown`)."""
-    parts = [families.shorten(markdown(rows, t), order=_by_kendall(rows, t))
-             for t in TARGETS + ("test_acc",)]
-    parts += [families.family_markdown(rows, t) for t in TARGETS]
-    parts += [families.shorten(t) for t in list(interval_tables.values())
-              + list(sign_tables.values())]
-    return "\n\n".join(parts)
+                    sign_tables: Dict[str, str]) -> Dict[str, List[str]]:
+    """Every table of ``compare/correlations.md``, whole (``"full"``) and as `compare` prints it
+    (``"printed"``): each cut to the CNA family, the paper's baselines, users' measures and the
+    best others (`families.shorten`; the correlation tables by Kendall's τ on All Nets), and the
+    best measure of each family per gap (`families.family_markdown`). ``"description"``: the
+    printed tables in the order of the run's Description, each gap's interval table, then its
+    sign-error table (so the first gap's sign-errors come before the second gap's intervals
+    where MLflow's 8,000 characters run out), then the correlation and family tables."""
+    correlation = {t: markdown(rows, t) for t in TARGETS + ("test_acc",)}
+    short = [families.shorten(table, order=_by_kendall(rows, t))
+             for t, table in correlation.items()]
+    family = [families.family_markdown(rows, t) for t in TARGETS]
+    per_gap = [table for t in TARGETS
+               for table in (interval_tables.get(t), sign_tables.get(t)) if table]
+    return {"full": list(correlation.values()) + family + list(interval_tables.values())
+            + list(sign_tables.values()),
+            "printed": short + family + [families.shorten(t) for t in list(
+                interval_tables.values()) + list(sign_tables.values())],
+            "description": [families.shorten(t) for t in per_gap] + short + family}
 
 
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
@@ -805,15 +814,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     interval_tables = {t: interval_markdown(boot[(ALL_NETS, t)], t) for t in TARGETS
                        if (ALL_NETS, t) in boot}
     sign_tables = {t: sign_error_markdown(signs[t], t) for t in TARGETS if t in signs}
-    tables = "\n\n".join([markdown(rows, t) for t in TARGETS + ("test_acc",)]
-                          + [families.family_markdown(rows, t) for t in TARGETS]
-                          + list(interval_tables.values()) + list(sign_tables.values()))
-    printed = terminal_tables(rows, interval_tables, sign_tables)
-    # the Description (MLflow keeps 8,000 characters): each gap's interval table, then its
-    # sign-error table (so the first gap's sign-errors come before the second gap's intervals
-    # where space runs out), each cut as the terminal prints it; every row is in the artifacts
-    per_gap = [table for t in TARGETS
-               for table in (interval_tables.get(t), sign_tables.get(t)) if table]
+    views = terminal_tables(rows, interval_tables, sign_tables)
+    tables, printed = "\n\n".join(views["full"]), "\n\n".join(views["printed"])
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run already exists
         mlflow.set_experiment(experiment_id=exp.experiment_id)
     with mlflow.start_run() as run:
@@ -825,10 +827,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
                              f"Metrics ranked by their correlation with the generalization gap "
                              f"over {len(instances)} network instances ({len(runs)} runs, "
                              f"{scope}).\n\n{converged_line}",
-                             [families.shorten(t) for t in per_gap]
-                             + [families.shorten(markdown(rows, t), order=_by_kendall(rows, t))
-                                for t in TARGETS + ("test_acc",)]
-                             + [families.family_markdown(rows, t) for t in TARGETS])})
+                             views["description"])})
         log_launch("compare", {k: getattr(args, k) for k in declared("compare")})
         log_resolved({"grid_run_id": grid_id or "all", "experiment": exp.name})
         mlflow.log_metrics({"runs": len(runs), "instances": len(instances),

@@ -401,7 +401,7 @@ def import_model(client, experiment_id: str, spec: ModelSpec, ds, task_dir: Path
     from mlflow.entities import Metric, Param, RunTag
 
     from cna_tf import baselines
-    from train import _save_weights
+    from train import save_weights
 
     task_name = task_dir.name
     initial = None
@@ -447,7 +447,7 @@ def import_model(client, experiment_id: str, spec: ModelSpec, ds, task_dir: Path
         model.save(folder / "model.keras")
         client.log_artifact(rid, str(folder / "model.keras"), MODEL_ARTIFACT_DIR)
         if initial is not None:
-            _save_weights(folder / INITIAL_ARTIFACT, initial)
+            save_weights(folder / INITIAL_ARTIFACT, initial)
             client.log_artifact(rid, str(folder / INITIAL_ARTIFACT), MODEL_ARTIFACT_DIR)
         client.set_terminated(rid, "FINISHED")
     except BaseException:

@@ -31,7 +31,7 @@ import backup as backup_store  # noqa: E402
 from cells import ALL_PARAMS, cell_key, normalize  # noqa: E402
 from params import log_launch, log_resolved  # noqa: E402
 
-from cna_tf import optimization, suite  # noqa: E402
+from cna_tf import flatness, optimization, suite  # noqa: E402
 from cna_tf.tracking import TAG_PREFIX as TAG  # noqa: E402
 
 BACKUP_ROOT = Path(os.environ.get("CNA_TF_BACKUP_DIR", ".cna_backup"))
@@ -99,8 +99,6 @@ def log_flatness(model, x, y, seed: int, step: int) -> Dict[str, float]:
     """
     import mlflow
 
-    from cna_tf import flatness
-
     t0 = time.time()
     values: Dict[str, float] = {}
     for name, r in flatness.search(model, x, y, seed=seed).items():
@@ -112,13 +110,6 @@ def log_flatness(model, x, y, seed: int, step: int) -> Dict[str, float]:
     print(f"flatness at epoch {step} in {values['flatness_seconds']:.1f}s: "
           + ", ".join(f"{k}={values[k]:.4g}" for k in flatness.MEASURES), flush=True)
     return values
-
-
-#: SPEC §8's three searches as suite measures: what ``flatness=true`` adds to ``suite=cheap``
-FLATNESS_SEARCHES = ("pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_mag_flatness")
-#: the σ′ / α′ of the searches (`cna_tf.suite.SuiteResult.parameters`), logged beside them
-SEARCH_PARAMETERS = ("pacbayes_sigma", "pacbayes_mag_sigma", "sharpness_alpha",
-                     "sharpness_mag_alpha")
 
 
 def _nan_tags(reasons: Dict[str, str], step: int) -> Dict[str, str]:
@@ -144,13 +135,16 @@ def log_suite(model, x, y, initial_weights, p: Dict[str, Any], step: int,
 
     names = None
     if p["suite"] == "cheap":
-        names = list(suite.CHEAP) + (list(FLATNESS_SEARCHES) if p["flatness"] else [])
+        # §8's three searches (`flatness.MEASURES`) when flatness=true: what cheap leaves out
+        names = list(suite.CHEAP) + (list(flatness.MEASURES) if p["flatness"] else [])
     t0 = time.time()
     result = suite.compute(model, x, y, initial_weights=initial_weights, names=names,
                            seed=p["seed"], train_size=len(x))
     total = time.time() - t0
     values = {k: float(v) for k, v in result.items() if k not in skip}
-    values.update({k: float(result.parameters[k]) for k in SEARCH_PARAMETERS + ("gamma_10",)
+    # the σ′ / α′ of the searches that ran, and γ₁₀
+    values.update({k: float(result.parameters[k])
+                   for k in tuple(flatness.PARAMETERS.values()) + ("gamma_10",)
                    if k in result.parameters})
     searches = {k: float(v) for k, v in result.seconds.items() if k != "cheap"}
     values.update({f"{k}_seconds": v for k, v in searches.items()})
@@ -228,7 +222,8 @@ class EpochLogger(keras.callbacks.Callback):
             mlflow.log_metrics(own, step=epoch + 1)
 
 
-def _save_weights(path: Path, weights: Dict[str, Any]) -> None:
+def save_weights(path: Path, weights: Dict[str, Any]) -> None:
+    """``{key: array}`` weights as an npz file without pickles (`_load_weights` reads it)."""
     import numpy as np
 
     np.savez(path, **{f"w{i:04d}": v for i, v in enumerate(weights.values())},
@@ -414,7 +409,7 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
     initial = _load_weights(weights_file) if resumed and weights_file.exists() else None
     if initial is None:  # the kernels (bound_2018, dist_init) and BN state (the suite's folding)
         initial = suite.capture_initial_weights(model)
-        _save_weights(weights_file, initial)
+        save_weights(weights_file, initial)
     if resumed:
         meta = json.loads((backup / "training_metadata.json").read_text())
         mlflow.set_tag(TAG + "resumed_from_epoch", str(meta.get("epoch", "?")))

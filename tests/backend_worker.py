@@ -82,19 +82,18 @@ def main(out_dir, save):
     res["sub_sums"] = sub_probe.layer_sums(x_te, batch_size=64).tolist()
     res["sub_evaluate"] = cna_tf.evaluate(sub, ds.train, ds.test, preprocess=ds.preprocess,
                                           value_range=ds.value_range)
-    model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
-    cb = cna_tf.CNACallback(ds.train, ds.test, preprocess=ds.preprocess,
-                            value_range=ds.value_range, full_every=1, mlflow=False)
-    model.fit(x_tr, ds.y_train, epochs=2, batch_size=100, shuffle=False, verbose=0,
-              callbacks=[cb])
-    res["history"] = {str(k): v for k, v in cb.history.items()}
+    def fit_history(net, epochs):
+        """CNACallback's history of ``epochs`` epochs of ``net`` in fit."""
+        net.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+        cb = cna_tf.CNACallback(ds.train, ds.test, preprocess=ds.preprocess,
+                                value_range=ds.value_range, full_every=1, mlflow=False)
+        net.fit(x_tr, ds.y_train, epochs=epochs, batch_size=100, shuffle=False, verbose=0,
+                callbacks=[cb])
+        return {str(k): v for k, v in cb.history.items()}
+
+    res["history"] = fit_history(model, 2)
     # a subclassed model in fit (it continues from the weights the functional fit left)
-    sub.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
-    cb = cna_tf.CNACallback(ds.train, ds.test, preprocess=ds.preprocess,
-                            value_range=ds.value_range, full_every=1, mlflow=False)
-    sub.fit(x_tr, ds.y_train, epochs=1, batch_size=100, shuffle=False, verbose=0,
-            callbacks=[cb])
-    res["sub_history"] = {str(k): v for k, v in cb.history.items()}
+    res["sub_history"] = fit_history(sub, 1)
     res["tensorflow_imported"] = sys.modules.get("tensorflow") is not None
     try:
         ds.pipeline("train", batch_size=32)

@@ -406,7 +406,7 @@ def test_initial_weights_list_errors_name_the_fix(rng, monkeypatch):
         B.initial_kernels(model, [np.zeros((3, 4)), np.zeros((2, 4))])   # 2 kernels, bad shape
     assert str(err.value) == ("initial_weights is a list of 2 arrays, but this model has 4 "
                               f"weights (model.get_weights()) and 2 kernel matrices; {fix}")
-    monkeypatch.setattr(B, "_kernel_variable", lambda layer, role: object())
+    monkeypatch.setattr(B, "kernel_variable", lambda layer, role: object())
     with pytest.raises(ValueError) as err:
         B.initial_kernels(model, model.get_weights())
     assert str(err.value) == (
