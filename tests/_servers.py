@@ -215,6 +215,12 @@ def postgres(dbname: str = "mlflow") -> Iterator[str]:
 
 # -- MLflow tracking server --------------------------------------------------------------------
 
+#: MLflow 3's server starts a job runner and a Huey consumer per GenAI job kind (~20 Python
+#: processes over a test session, ~60 s of CPU) that no cna_tf test uses; tests/conftest.py
+#: sets the same for the servers tests start through `make ui`.
+JOB_EXECUTION = "false"
+
+
 @contextlib.contextmanager
 def mlflow_server(backend_store_uri: str, artifacts: Path, workers: int = 2,
                   timeout: float = 180) -> Iterator[str]:
@@ -227,6 +233,7 @@ def mlflow_server(backend_store_uri: str, artifacts: Path, workers: int = 2,
            "--workers", str(workers)]
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MLFLOW_") and k != "PYTEST_CURRENT_TEST"}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = JOB_EXECUTION
     with open(log, "w") as f:
         # its own process group: the server's worker processes are stopped with it
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,

@@ -2,6 +2,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+# the MLflow servers tests start (`make ui`, `mlflow server`) without MLflow 3's GenAI job
+# runners: no cna_tf test uses them, and they are ~20 Python processes per session
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
