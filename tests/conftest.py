@@ -10,11 +10,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
-# The longest test files first. `make test` hands whole files (--dist loadfile) to its 2
+# The longest test files first. `make test` hands whole files (--dist loadfile) to its
 # pytest-xdist workers in this collection order (--no-loadscope-reorder; xdist's default puts
 # the files with the most tests first, and the long end-to-end files, which have few, last):
-# the long ones start at once and the many short files fill in at the end, so that neither
-# worker idles while the other finishes a long file. Measured with --durations on the 2-core
+# the long ones start at once and the many short files fill in at the end, so that no
+# worker idles while another finishes a long file. Measured with --durations on the 2-core
 # machine (issue 36); a file not listed runs after them, one with a slow test before the others.
 LONGEST_FIRST = (
     "test_docs.py", "test_bench_smoke.py", "test_gap_study_conv.py", "test_ui.py",
