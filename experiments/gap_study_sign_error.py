@@ -36,6 +36,19 @@ MEASURES = ("cna_area", "cna_margin", "l2", "l2_path", "spectral", "bound_2018",
 AXES = ("arch", "dataset", "width", "depth", "epochs", "lr", "momentum", "batch_size",
         "label_shuffle", "seed", "n_train", "weight_decay", "dropout")
 CNA_M = "cna_margin"
+#: networks.csv columns that are not measures (the rest are: the 14 above and the §12 suite's)
+NOT_MEASURES = frozenset(AXES) | {"run_id", "cell_key", "converged", "test_size",
+                                  "epochs_trained", "gen_gap", "loss_gap", "test_acc",
+                                  "train_acc"}
+
+
+def measures_of(nets: List[Dict[str, Any]]) -> List[str]:
+    """The measures the networks carry with a finite value somewhere: `MEASURES` first, then a
+    table's other measure columns (a grid run with the §12 suite), in the table's order."""
+    extra = [m for m in nets[0].get("_columns", ()) if m not in NOT_MEASURES
+             and m not in MEASURES] if nets else []
+    return [m for m in list(MEASURES) + extra
+            if any(math.isfinite(n.get(m, math.nan)) for n in nets)]
 
 
 def _number(v: Any) -> Any:
@@ -63,10 +76,13 @@ def load(path: str) -> Tuple[List[Dict[str, Any]], str]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     nets = []
+    columns = tuple(rows[0]) if rows else ()
+    numeric = [c for c in columns if c not in NOT_MEASURES] + ["gen_gap", "loss_gap"]
     for r in rows:
         n = {k: _number(v) for k, v in r.items()}
-        for m in MEASURES + ("gen_gap", "loss_gap"):
+        for m in numeric:
             n[m] = float(r[m]) if r.get(m) not in (None, "") else math.nan
+        n["_columns"] = columns
         nets.append(n)
     if rows and "converged" in rows[0]:
         for n, r in zip(nets, rows):
@@ -94,7 +110,7 @@ def varied(nets: List[Dict[str, Any]]) -> Dict[str, List[Any]]:
 def sign_error_tables(nets: List[Dict[str, Any]]) -> Dict[str, Any]:
     from cna_tf import ranking
 
-    measures = [m for m in MEASURES if any(math.isfinite(n.get(m, math.nan)) for n in nets)]
+    measures = measures_of(nets)
     hp = varied(nets)
     out = {}
     for target, noise_filter in (("gen_gap", True), ("loss_gap", False)):
@@ -150,7 +166,7 @@ def psi_lines(nets: List[Dict[str, Any]], replicates: int = 1000) -> str:
 
     from cna_tf import ranking
 
-    measures = [m for m in MEASURES if any(math.isfinite(n.get(m, math.nan)) for n in nets)]
+    measures = measures_of(nets)
     hp = varied(nets)
     axis, _ = _replicate_axis(hp, len(nets))
     lines = []

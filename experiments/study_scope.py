@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "pipelines"))
 sys.path.insert(0, str(HERE))
 
-from gap_study_sign_error import MEASURES, load, sign_error_tables, varied  # noqa: E402
+from gap_study_sign_error import load, measures_of, sign_error_tables, varied  # noqa: E402
 
 TARGETS = ("gen_gap", "loss_gap")
 
@@ -54,7 +54,7 @@ def scope_report(nets: List[Dict[str, Any]], scope: str, replicates: int = 1000)
 
     from cna_tf import ranking
 
-    measures = [m for m in MEASURES if any(math.isfinite(n.get(m, math.nan)) for n in nets)]
+    measures = measures_of(nets)
     hp = varied(nets)
     axis, why = _replicate_axis(hp, len(nets))
     parts = [f"{scope}: {len(nets)} networks; varied: {', '.join(hp) or 'nothing'}"

@@ -91,13 +91,13 @@ def pool_tables(path: str, replicates: int = 1000) -> str:
     docs/results/gap_study.md shows it: per gap the bootstrap's mode and notes, every measure's
     Kendall, Pearson and Ψ (points: means over the resamples) with CMI on all the networks, and
     CNA-M's paired fractions by Kendall."""
-    from gap_study_sign_error import CNA_M, MEASURES, varied
+    from gap_study_sign_error import CNA_M, measures_of, varied
 
     from cna_tf import ranking
 
     nets, _ = load(path)
     hp = varied(nets)
-    measures = [m for m in MEASURES if any(math.isfinite(n.get(m, math.nan)) for n in nets)]
+    measures = measures_of(nets)
     lines = []
     for target in ("gen_gap", "loss_gap"):
         gap = [n[target] for n in nets]

@@ -24,7 +24,7 @@ def test_the_reports_interval_table_comes_from_its_csv(study, networks):
 
     nets, _ = csv_study.load(str(RESULTS / f"{study}_networks.csv"))
     assert len(nets) == networks
-    measures = [m for m in csv_study.MEASURES if m in nets[0]]
+    measures = csv_study.measures_of(nets)
     rows = [{"scope": "All Nets", "metric": m, "target": "gen_gap"} for m in measures]
     boot = compare.add_intervals(rows, nets)   # 1,000 replicates, seed 0, compare's order
     table = compare.interval_markdown(boot[("All Nets", "gen_gap")], "gen_gap")
