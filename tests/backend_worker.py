@@ -51,6 +51,27 @@ class Subclassed(keras.Model):
         return self.head(self.d1(self.flat(keras.ops.relu(x + h))))
 
 
+def box_moves(radius=0.01):
+    """How far each weight of a small net moves in 3 steps of the flatness α search's optimizer
+    (`cna_tf.flatness._BoxAscent`, learning rate 10) inside the box |w - w0| <= radius: the
+    projection in the compiled step must hold on every backend (each move is radius, no more)."""
+    from cna_tf.flatness import _BoxAscent
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((4,))
+    net = keras.Model(inp, layers.Dense(3)(layers.Dense(5, activation="tanh")(inp)))
+    w0 = [np.asarray(keras.ops.convert_to_numpy(v)) for v in net.trainable_variables]
+    opt = _BoxAscent(learning_rate=10.0, name="box_ascent")
+    net.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    opt.build(net.trainable_variables)
+    opt.set_box(net.trainable_variables, [w - radius for w in w0], [w + radius for w in w0])
+    x = np.linspace(-1, 1, 32, dtype="float32").reshape(8, 4)
+    for _ in range(3):
+        net.train_on_batch(x, np.arange(8) % 3)
+    return [float(np.abs(np.asarray(keras.ops.convert_to_numpy(v)) - w).max())
+            for v, w in zip(net.trainable_variables, w0)]
+
+
 def main(out_dir, save):
     backend = keras.backend.backend()
     ds = cna_tf.data.load("digits", n_train=400, n_test=200, seed=0)
@@ -94,6 +115,7 @@ def main(out_dir, save):
     res["history"] = fit_history(model, 2)
     # a subclassed model in fit (it continues from the weights the functional fit left)
     res["sub_history"] = fit_history(sub, 1)
+    res["box_moves"] = box_moves()
     res["tensorflow_imported"] = sys.modules.get("tensorflow") is not None
     try:
         ds.pipeline("train", batch_size=32)

@@ -58,6 +58,9 @@ def test_backend_agrees_with_tensorflow(reference, backend):
     assert close(got["cna"], ref["cna"]) and close(got["cna_area"], ref["cna_area"])
     for key, value in ref["evaluate"].items():
         assert close(got["evaluate"][key], value), (key, got["evaluate"][key], value)
+    # the flatness α search's box holds inside the compiled step: every weight moved to its face
+    for res in (ref, got):
+        assert res["box_moves"] == pytest.approx([0.01] * 4, abs=1e-6), res["backend"]
     # the subclassed twin of the same network: the functional model's figures, on every backend
     for res in (ref, got):
         assert res["sub_layer_names"] == res["layer_names"]
