@@ -6,7 +6,7 @@ and seed), every column they share compared (no MLflow, no retraining).
 
 Prints, for each shared numeric column: the networks compared, how many are equal to the last
 digit, the largest and the median absolute difference, and the largest relative one; then the
-networks whose ``gen_gap`` moved most. Networks in only one table are counted and listed.
+networks whose ``gen_gap`` moved most. Networks in only one table are counted.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def main(argv: List[str] = None) -> None:
         print(f"| {c} | {int(ok.sum())}{extra} | {int(np.sum(d == 0))} | {d.max():.4g} | "
               f"{np.median(d):.4g} | {rel.max():.3g} |")
     moved = sorted(both, key=lambda k: -abs(number(old[k]["gen_gap"]) - number(new[k]["gen_gap"])))
-    print(f"\nlargest gen_gap changes (old -> new):")
+    print("\nlargest gen_gap changes (old -> new):")
     for k in moved[:args.top]:
         o, n = old[k], new[k]
         label = " ".join(f"{a}={o[a]}" for a in KEYS[2:] if a in o and a != "test_size")

@@ -1,6 +1,5 @@
 """Where one measure (CNA-M by default) stands among every measure a study's `compare` ranked,
-read from that run's artifacts alone (``correlations.md`` and ``correlations.csv``; no MLflow,
-no retraining): its rank by the seed-bootstrap Kendall point and by CMI, the measures it beats
+read from that run's ``correlations.md`` alone (no MLflow, no retraining): its rank by the seed-bootstrap Kendall point and by CMI, the measures it beats
 (paired fraction >= 0.95) or loses to (<= 0.05) in the same replicates, its mean robust
 sign-error and rank, and per intervention the sign-error of chosen measures.
 
@@ -24,7 +23,8 @@ TARGETS = ("gen_gap", "loss_gap")
 #: how the titles of compare's tables begin (other lines between a title and its table are notes)
 _TITLES = ("Correlation with", "Best measure", "Seed-bootstrap intervals", "Robust sign-error",
            "`")
-_CELL = re.compile(r"([+-−]?\d+\.\d+) \[([+-−]?\d+\.\d+), ([+-−]?\d+\.\d+)\]")
+#: "point [low, high]" after U+2212 minus signs became "-"
+_CELL = re.compile(r"([+-]?\d+\.\d+) \[([+-]?\d+\.\d+), ([+-]?\d+\.\d+)\]")
 
 
 def _blocks(md: str) -> List[Tuple[str, List[List[str]]]]:
