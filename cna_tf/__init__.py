@@ -7,11 +7,11 @@ Neural Networks". Data flows one way: images -> alpha; model -> probe -> layer s
 from __future__ import annotations
 
 import importlib
+from typing import List
 
+# Keras-free: numpy, scipy and shapely only
 from cna_tf.complexity import alpha, compression_alpha
 from cna_tf.measures import beta, cna, cna_area, cna_margin, curves, margin, margins
-from cna_tf.probe import ActivationProbe, UntraceableModelError
-from cna_tf.evaluation import evaluate
 
 __version__ = "0.1.0"
 
@@ -21,10 +21,14 @@ __all__ = [
     "baselines", "models", "data", "CNACallback",
 ]
 
-# Submodules with heavier imports load on first use: cna_tf.models, cna_tf.data, ...
+# Everything that imports Keras (and so its backend: TensorFlow by default, ~5 s of CPU) loads on
+# first use, so that a step that never runs a model (`compare`, the grid's parent, `tracking url`)
+# starts without it.
 _LAZY_MODULES = {"baselines", "models", "data", "plots", "analysis", "tracking", "callback",
-                 "regularizer", "flatness", "ranking"}
-_LAZY_NAMES = {"CNACallback": "callback", "CNARegularizer": "regularizer"}
+                 "regularizer", "flatness", "ranking", "probe", "evaluation"}
+_LAZY_NAMES = {"ActivationProbe": "probe", "UntraceableModelError": "probe",
+               "evaluate": "evaluation", "CNACallback": "callback",
+               "CNARegularizer": "regularizer"}
 
 
 def __getattr__(name: str):
@@ -33,3 +37,7 @@ def __getattr__(name: str):
     if name in _LAZY_NAMES:
         return getattr(importlib.import_module(f"cna_tf.{_LAZY_NAMES[name]}"), name)
     raise AttributeError(f"module 'cna_tf' has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | _LAZY_MODULES | set(_LAZY_NAMES))

@@ -39,10 +39,11 @@ from __future__ import annotations
 import math
 import numbers
 import random
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
-import keras
-from keras import layers
+if TYPE_CHECKING:
+    import keras
+    from keras import layers
 
 __all__ = ["ARCHITECTURES", "DROPOUT_ARCHITECTURES", "INITIALIZERS", "build", "canonical_name", "count_weighted_layers"]
 
@@ -53,13 +54,14 @@ ARCHITECTURES: Tuple[str, ...] = ("mlp", "vgg18", "resnet18", "resnet101")
 INITIALIZERS: Tuple[str, ...] = ("glorot_uniform", "glorot_normal", "he_normal", "he_uniform",
                                  "lecun_normal", "lecun_uniform")
 
+#: initializer name -> its class in ``keras.initializers``
 _INITIALIZER_CLASSES = {
-    "glorot_uniform": keras.initializers.GlorotUniform,
-    "glorot_normal": keras.initializers.GlorotNormal,
-    "he_normal": keras.initializers.HeNormal,
-    "he_uniform": keras.initializers.HeUniform,
-    "lecun_normal": keras.initializers.LecunNormal,
-    "lecun_uniform": keras.initializers.LecunUniform,
+    "glorot_uniform": "GlorotUniform",
+    "glorot_normal": "GlorotNormal",
+    "he_normal": "HeNormal",
+    "he_uniform": "HeUniform",
+    "lecun_normal": "LecunNormal",
+    "lecun_uniform": "LecunUniform",
 }
 
 # VGG-18 (SPEC §4): 5 blocks of 3x3 convolutions, max-pool after each block.
@@ -187,12 +189,19 @@ def _scaled(channels: int, width: float) -> int:
 # --------------------------------------------------------------------------------------------
 
 class _Factory:
-    """Creates the layers of one model with per-layer seeded kernel initializers."""
+    """Creates the layers of one model with per-layer seeded kernel initializers.
+
+    Keras is imported here, when a model is built, not with the module: checking a name
+    (`canonical_name`, `ARCHITECTURES`: a grid's config) does not start TensorFlow.
+    """
 
     def __init__(self, seed: Optional[int], initializer: str, bn_momentum: float,
                  bn_epsilon: float, weight_decay: float = 0.0, dropout: float = 0.0):
+        import keras
+
+        self.keras, self.layers = keras, keras.layers
         self._rng = random.Random(seed) if seed is not None else None
-        self._init_cls = _INITIALIZER_CLASSES[initializer]
+        self._init_cls = getattr(keras.initializers, _INITIALIZER_CLASSES[initializer])
         self._bn = dict(momentum=float(bn_momentum), epsilon=float(bn_epsilon))
         self._weight_decay = float(weight_decay)
         self._dropout = float(dropout)
@@ -200,26 +209,26 @@ class _Factory:
         self._dropout_rng = random.Random(seed + 1) if seed is not None else None
 
     def _kernel_regularizer(self) -> Optional[keras.regularizers.Regularizer]:
-        return keras.regularizers.L2(self._weight_decay) if self._weight_decay > 0 else None
+        return self.keras.regularizers.L2(self._weight_decay) if self._weight_decay > 0 else None
 
     def dropout(self, x, name: str):
         """``Dropout(rate)`` after a hidden Dense layer; the identity when the rate is 0."""
         if self._dropout <= 0:
             return x
         seed = None if self._dropout_rng is None else self._dropout_rng.randrange(2 ** 31 - 1)
-        return layers.Dropout(self._dropout, seed=seed, name=name)(x)
+        return self.layers.Dropout(self._dropout, seed=seed, name=name)(x)
 
     def _kernel_init(self) -> keras.initializers.Initializer:
         seed = None if self._rng is None else self._rng.randrange(2 ** 31 - 1)
         return self._init_cls(seed=seed)
 
     def dense(self, units: int, activation: Optional[str], name: str) -> layers.Dense:
-        return layers.Dense(units, activation=activation, kernel_initializer=self._kernel_init(),
+        return self.layers.Dense(units, activation=activation, kernel_initializer=self._kernel_init(),
                             kernel_regularizer=self._kernel_regularizer(), name=name)
 
     def conv(self, filters: int, kernel: int, strides: Tuple[int, int], name: str
              ) -> layers.Conv2D:
-        return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+        return self.layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
                              kernel_initializer=self._kernel_init(),
                              kernel_regularizer=self._kernel_regularizer(), name=name)
 
@@ -227,9 +236,9 @@ class _Factory:
                 relu: bool = True):
         """Conv (no bias) -> BatchNormalization [-> ReLU Activation]."""
         x = self.conv(filters, kernel, strides, f"{name}_conv")(x)
-        x = layers.BatchNormalization(**self._bn, name=f"{name}_bn")(x)
+        x = self.layers.BatchNormalization(**self._bn, name=f"{name}_bn")(x)
         if relu:
-            x = layers.Activation("relu", name=f"{name}_relu")(x)
+            x = self.layers.Activation("relu", name=f"{name}_relu")(x)
         return x
 
 
@@ -238,12 +247,12 @@ def _halving(spatial: Sequence[int]) -> Tuple[int, int]:
     return tuple(2 if s >= 2 else 1 for s in spatial)  # type: ignore[return-value]
 
 
-def _image_input(input_shape: Tuple[int, ...]):
+def _image_input(input_shape: Tuple[int, ...], f: _Factory):
     """Input layer; an (H, W) shape gets a channel axis of 1 with a Reshape layer."""
-    inputs = keras.Input(shape=input_shape, name="image")
+    inputs = f.keras.Input(shape=input_shape, name="image")
     x = inputs
     if len(input_shape) == 2:
-        x = layers.Reshape(input_shape + (1,), name="add_channel")(x)
+        x = f.layers.Reshape(input_shape + (1,), name="add_channel")(x)
     return inputs, x
 
 
@@ -254,8 +263,8 @@ def _image_input(input_shape: Tuple[int, ...]):
 def _mlp(input_shape, num_classes, width, f: _Factory, depth: int = _MLP_DEPTH,
          units: Optional[int] = None):
     units = _scaled(_MLP_UNITS, width) if units is None else int(units)
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Flatten(name="flatten")(inputs)
+    inputs = f.keras.Input(shape=input_shape, name="image")
+    x = f.layers.Flatten(name="flatten")(inputs)
     for i in range(1, depth + 1):
         x = f.dense(units, "relu", f"dense{i}")(x)
         x = f.dropout(x, f"dropout{i}")
@@ -263,16 +272,16 @@ def _mlp(input_shape, num_classes, width, f: _Factory, depth: int = _MLP_DEPTH,
 
 
 def _vgg18(input_shape, num_classes, width, f: _Factory):
-    inputs, x = _image_input(input_shape)
+    inputs, x = _image_input(input_shape, f)
     spatial = list(input_shape[:2])
     for b, (channels, convs) in enumerate(_VGG18_BLOCKS, start=1):
         for c in range(1, convs + 1):
             x = f.conv_bn(x, _scaled(channels, width), 3, (1, 1), f"block{b}_{c}")
         pool = _halving(spatial)
         if pool != (1, 1):
-            x = layers.MaxPooling2D(pool, name=f"block{b}_pool")(x)
+            x = f.layers.MaxPooling2D(pool, name=f"block{b}_pool")(x)
             spatial = [s // p for s, p in zip(spatial, pool)]
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = f.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = f.dense(_scaled(_VGG18_DENSE, width), "relu", "fc")(x)
     x = f.dropout(x, "fc_dropout")
     return inputs, f.dense(num_classes, "softmax", "classifier")(x)
@@ -284,8 +293,8 @@ def _basic_block(x, f: _Factory, planes: int, strides, name: str):
     out = f.conv_bn(out, planes, 3, (1, 1), f"{name}_2", relu=False)
     if strides != (1, 1) or x.shape[-1] != planes:
         shortcut = f.conv_bn(x, planes, 1, strides, f"{name}_shortcut", relu=False)
-    out = layers.Add(name=f"{name}_add")([out, shortcut])
-    return layers.Activation("relu", name=f"{name}_out")(out)
+    out = f.layers.Add(name=f"{name}_add")([out, shortcut])
+    return f.layers.Activation("relu", name=f"{name}_out")(out)
 
 
 def _bottleneck_block(x, f: _Factory, planes: int, strides, name: str):
@@ -296,15 +305,15 @@ def _bottleneck_block(x, f: _Factory, planes: int, strides, name: str):
     out = f.conv_bn(out, out_ch, 1, (1, 1), f"{name}_3", relu=False)
     if strides != (1, 1) or x.shape[-1] != out_ch:
         shortcut = f.conv_bn(x, out_ch, 1, strides, f"{name}_shortcut", relu=False)
-    out = layers.Add(name=f"{name}_add")([out, shortcut])
-    return layers.Activation("relu", name=f"{name}_out")(out)
+    out = f.layers.Add(name=f"{name}_add")([out, shortcut])
+    return f.layers.Activation("relu", name=f"{name}_out")(out)
 
 
 def _resnet(kind: str, blocks: Sequence[int]) -> Callable:
     block_fn = _basic_block if kind == "basic" else _bottleneck_block
 
     def make(input_shape, num_classes, width, f: _Factory):
-        inputs, x = _image_input(input_shape)
+        inputs, x = _image_input(input_shape, f)
         x = f.conv_bn(x, _scaled(64, width), 3, (1, 1), "stem")
         spatial = list(input_shape[:2])
         for s, (channels, n_blocks) in enumerate(zip(_RESNET_WIDTHS, blocks), start=1):
@@ -312,7 +321,7 @@ def _resnet(kind: str, blocks: Sequence[int]) -> Callable:
                 strides = _halving(spatial) if (s > 1 and b == 1) else (1, 1)
                 spatial = [-(-n // st) for n, st in zip(spatial, strides)]  # ceil, "same"
                 x = block_fn(x, f, _scaled(channels, width), strides, f"stage{s}_block{b}")
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = f.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         return inputs, f.dense(num_classes, "softmax", "classifier")(x)
 
     return make
@@ -409,7 +418,7 @@ def build(name: str, input_shape: Sequence[int], num_classes: int, width: float 
                        kw.pop("bn_momentum", 0.9), kw.pop("bn_epsilon", 1e-5),
                        weight_decay=kw.pop("weight_decay", 0.0), dropout=kw.pop("dropout", 0.0))
     inputs, outputs = _BUILDERS[arch](shape, num_classes, width, factory, **kw)
-    return keras.Model(inputs, outputs, name=f"{arch}_w{width:g}")
+    return factory.keras.Model(inputs, outputs, name=f"{arch}_w{width:g}")
 
 
 def count_weighted_layers(model: keras.Model) -> int:
@@ -418,4 +427,6 @@ def count_weighted_layers(model: keras.Model) -> int:
     ``cna_tf.ActivationProbe(model).num_layers`` is this minus 1 (the classifier is left out by
     default, SPEC §1).
     """
+    from keras import layers
+
     return sum(isinstance(layer, (layers.Dense, layers.Conv2D)) for layer in model.layers)

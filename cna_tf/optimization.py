@@ -36,13 +36,13 @@ from keras import ops
 
 from cna_tf.flatness import _InferenceModel
 from cna_tf.measures import probabilities
+from cna_tf.suite import OPTIMIZATION as MEASURES
 
 __all__ = ["MEASURES", "THRESHOLDS", "CROSS_ENTROPY", "epoch_cross_entropy",
            "steps_to_thresholds", "CrossEntropyRecorder", "grad_noise"]
 
 #: the two cross-entropy thresholds of SPEC §12
 THRESHOLDS = (0.1, 0.01)
-MEASURES = ("steps_to_ce_0.1", "steps_ce_0.1_to_0.01", "grad_noise_final")
 _EAGER_BATCHES = 30  # at most this many batches: no traced train function
 
 #: the metric `train` compiles beside ``loss`` when weight decay adds a penalty to it

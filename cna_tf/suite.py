@@ -35,7 +35,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["compute", "MEASURES", "Measure", "SuiteResult", "CHEAP", "SEARCH",
+__all__ = ["compute", "MEASURES", "Measure", "SuiteResult", "CHEAP", "SEARCH", "OPTIMIZATION",
            "capture_initial_weights"]
 
 
@@ -123,6 +123,10 @@ def _with_fft(base: Dict[str, Measure]) -> Dict[str, Measure]:
 MEASURES: Dict[str, Measure] = _with_fft(_BASE)
 CHEAP: Tuple[str, ...] = tuple(n for n, m in MEASURES.items() if m.cost == "cheap")
 SEARCH: Tuple[str, ...] = tuple(n for n, m in MEASURES.items() if m.cost == "search")
+#: SPEC §12's optimization-based measures: they need the training run, so `cna_tf.optimization`
+#: computes them during `train`, not here. Named here, Keras-free, for the steps that only read
+#: them (`compare` never imports Keras).
+OPTIMIZATION: Tuple[str, ...] = ("steps_to_ce_0.1", "steps_ce_0.1_to_0.01", "grad_noise_final")
 
 
 class SuiteResult(dict):

@@ -16,7 +16,7 @@ import math
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from cna_tf import optimization, suite
+from cna_tf import suite
 
 __all__ = ["FAMILIES", "ALWAYS_SHOWN", "BEST", "SUITE", "OPTIMIZATION", "family", "ordered",
            "shorten", "family_markdown"]
@@ -35,7 +35,7 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
                            "pacbayes_mag_init", "pacbayes_mag_orig", "pacbayes_mag_flatness",
                            "sharpness_flatness", "sharpness_mag_flatness"),
     "size and margin": ("num_params", "inverse_margin"),
-    "optimization": optimization.MEASURES,
+    "optimization": suite.OPTIMIZATION,
 }
 USERS = "users' measures"
 #: the rows every printed table keeps
@@ -44,7 +44,7 @@ ALWAYS_SHOWN: Tuple[str, ...] = FAMILIES["CNA"] + FAMILIES["paper's baselines"]
 BEST = 8
 #: SPEC §12's post-hoc measures (`cna_tf.suite.MEASURES`) and the optimization-based ones
 SUITE: Tuple[str, ...] = tuple(suite.MEASURES)
-OPTIMIZATION: Tuple[str, ...] = optimization.MEASURES
+OPTIMIZATION: Tuple[str, ...] = suite.OPTIMIZATION
 _ORDER = list(FAMILIES) + [USERS]
 
 
