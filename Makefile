@@ -23,8 +23,9 @@ UI_EXPERIMENT ?= cna_tf-demo
 UI_MAKE := make ui$(if $(filter-out 5000,$(UI_PORT)), UI_PORT=$(UI_PORT))
 # Prints the link that opens experiment $(1)'s runs in that UI: the runs table, not MLflow 3.17's
 # GenAI overview, in the experiment's `cna_tf` view (saved first when missing; see
-# cna_tf/tracking.py runs_link). Keras' numpy backend: no TensorFlow start-up for a link.
-runs_url = KERAS_BACKEND=numpy $(PY) -m cna_tf.tracking url --experiment $(1) \
+# cna_tf/tracking.py runs_link). cna_tf.tracking never imports Keras: no TensorFlow start-up for
+# a link (tests/test_imports.py).
+runs_url = $(PY) -m cna_tf.tracking url --experiment $(1) \
     --host 127.0.0.1 --port $(UI_PORT)
 # pytest-xdist processes for `make test`; --dist loadfile keeps a file's module fixtures in one;
 # --no-loadscope-reorder keeps tests/conftest.py's order (the longest files first). 3 on 2 cores:
