@@ -43,3 +43,18 @@ def test_the_reports_interval_table_comes_from_its_csv(study, networks):
         compare.add_intervals(rows, resnet)
         got = compare._fmt_interval(*(rows[0][f"pearson_{k}"] for k in ("point", "low", "high")))
         assert got == "+0.69 [+0.48, +0.89]" and got.replace("-", "−") in report
+
+
+def test_fft_and_reshaped_norms_agree_on_dense_layers():
+    """experiments/fft_vs_reshaped.py on the MLP study: on dense layers the FFT norm is the
+    plain σ_max, so every pair is equal network by network and ranks alike (SPEC §12)."""
+    import fft_vs_reshaped
+    import gap_study_sign_error as csv_study
+
+    nets, _ = csv_study.load(str(RESULTS / "gap_study_networks.csv"))
+    rows = fft_vs_reshaped.rows(nets)
+    assert [r[0] for r in rows] == [m[:-len("_fft")] for m in csv_study.measures_of(nets)
+                                    if m.endswith("_fft")]
+    for measure, n, median, span, tau, gap_b, gap_f, sign_b, sign_f in rows:
+        assert (n, median, span, tau) == ("96", "1.000", "1.000 .. 1.000", "+1.00"), measure
+        assert (gap_b, sign_b) == (gap_f, sign_f), measure
