@@ -7,11 +7,17 @@ Neural Networks". Data flows one way: images -> alpha; model -> probe -> layer s
 from __future__ import annotations
 
 import importlib
-from typing import List
+from typing import TYPE_CHECKING, List
 
 # Keras-free: numpy, scipy and shapely only
 from cna_tf.complexity import alpha, compression_alpha
 from cna_tf.measures import beta, cna, cna_area, cna_margin, curves, margin, margins
+
+if TYPE_CHECKING:  # for type checkers and the API reference; at run time `__getattr__` below
+    from cna_tf.callback import CNACallback
+    from cna_tf.evaluation import evaluate
+    from cna_tf.probe import ActivationProbe, UntraceableModelError
+    from cna_tf.regularizer import CNARegularizer
 
 __version__ = "0.1.0"
 
