@@ -31,7 +31,8 @@ __all__ = [
 # first use, so that a step that never runs a model (`compare`, the grid's parent, `tracking url`)
 # starts without it.
 _LAZY_MODULES = {"baselines", "models", "data", "plots", "analysis", "tracking", "callback",
-                 "regularizer", "flatness", "ranking", "probe", "evaluation"}
+                 "regularizer", "flatness", "ranking", "probe", "evaluation", "suite",
+                 "optimization", "folding", "conv_spectrum", "scoring", "report", "demo"}
 _LAZY_NAMES = {"ActivationProbe": "probe", "UntraceableModelError": "probe",
                "evaluate": "evaluation", "CNACallback": "callback",
                "CNARegularizer": "regularizer"}

@@ -48,5 +48,9 @@ def test_lazy_names_resolve():
     assert cna_tf.UntraceableModelError is probe.UntraceableModelError
     assert cna_tf.evaluate is evaluation.evaluate
     assert set(cna_tf.__all__) <= set(dir(cna_tf))
+    package = ROOT / "cna_tf"
+    for name in sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__") + [
+            p.name for p in package.iterdir() if (p / "__init__.py").exists()]:
+        assert getattr(cna_tf, name).__name__ == f"cna_tf.{name}"   # every submodule
     with pytest.raises(AttributeError, match="no_such_name"):
         cna_tf.no_such_name
