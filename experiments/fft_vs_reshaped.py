@@ -6,7 +6,9 @@ kernel reshaped to a (k·k·c_in) × c_out matrix) network by network, and how e
     python experiments/fft_vs_reshaped.py docs/results/gap_study_conv_networks.csv
     python experiments/fft_vs_reshaped.py docs/results/gap_study_conv_networks.csv --where arch=vgg18
 
-Per pair: the networks with both values finite; the median and range of FFT / reshaped; Kendall
+Per pair: the networks with both values finite; the median and range of µ_FFT / µ_reshaped, the
+ratio of the two forms' µ before the report (SPEC §12: a √(µ/m) value v gives µ ∝ v², a
+½(log µ − log m) value gives µ ∝ e^(2v); m cancels); Kendall
 τ-b between the two forms over the networks (1: they order the networks alike); each form's
 Kendall τ-b with ``gen_gap`` on all those networks (not the seed-bootstrap mean `compare`'s
 interval tables print) and its mean robust sign-error with ``gen_gap`` (SPEC §10, as `compare`
@@ -29,6 +31,18 @@ sys.path.insert(0, str(HERE))
 import gap_study_sign_error as csv_study  # noqa: E402
 from study_scope import select  # noqa: E402
 
+from cna_tf import suite  # noqa: E402
+
+
+def mu_ratio(measure: str, fft: np.ndarray, reshaped: np.ndarray) -> np.ndarray:
+    """µ_FFT / µ_reshaped from the two reported values (see the module docstring)."""
+    reported = suite.MEASURES[measure].reported
+    if reported == "log":
+        return np.exp(2 * (fft - reshaped))
+    if reported == "sqrt":
+        return (fft / reshaped) ** 2
+    return fft / reshaped
+
 
 def rows(nets: List[Dict[str, Any]]) -> List[List[str]]:
     """One table row per measure that has an ``_fft`` twin among the networks' columns."""
@@ -42,9 +56,9 @@ def rows(nets: List[Dict[str, Any]]) -> List[List[str]]:
         if len(pairs) < 3:
             continue
         b, f, gap = (np.array(c, dtype=float) for c in zip(*pairs))
-        ratio = f / b
-        out.append([base, str(len(pairs)), f"{np.median(ratio):.3f}",
-                    f"{ratio.min():.3f} .. {ratio.max():.3f}",
+        ratio = mu_ratio(base, f, b)
+        out.append([base, str(len(pairs)), f"{np.median(ratio):.4g}",
+                    f"{ratio.min():.4g} .. {ratio.max():.4g}",
                     f"{stats.kendalltau(b, f).statistic:+.2f}",
                     f"{stats.kendalltau(b, gap).statistic:+.2f}",
                     f"{stats.kendalltau(f, gap).statistic:+.2f}",
@@ -60,7 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     nets, _ = csv_study.load(args.csv)
     nets = select(nets, args.where)
-    header = ["measure", "networks", "FFT / reshaped (median)", "range",
+    header = ["measure", "networks", "µ_FFT / µ_reshaped (median)", "range",
               "τ(reshaped, FFT)", "τ with gen_gap: reshaped", "FFT",
               "mean sign-error: reshaped", "FFT"]
     print("| " + " | ".join(header) + " |")

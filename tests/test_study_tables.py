@@ -56,5 +56,5 @@ def test_fft_and_reshaped_norms_agree_on_dense_layers():
     assert [r[0] for r in rows] == [m[:-len("_fft")] for m in csv_study.measures_of(nets)
                                     if m.endswith("_fft")]
     for measure, n, median, span, tau, gap_b, gap_f, sign_b, sign_f in rows:
-        assert (n, median, span, tau) == ("96", "1.000", "1.000 .. 1.000", "+1.00"), measure
+        assert (n, median, span, tau) == ("96", "1", "1 .. 1", "+1.00"), measure
         assert (gap_b, sign_b) == (gap_f, sign_f), measure
