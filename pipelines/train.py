@@ -413,6 +413,11 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
     if resumed:
         meta = json.loads((backup / "training_metadata.json").read_text())
         mlflow.set_tag(TAG + "resumed_from_epoch", str(meta.get("epoch", "?")))
+        # the grid tagged the run it stopped (`cna_tf.failure`); running again, that is history
+        failure = mlflow.get_run(mlflow.active_run().info.run_id).data.tags.get(TAG + "failure")
+        if failure is not None:
+            mlflow.set_tag(TAG + "interrupted", failure)
+            mlflow.delete_tag(TAG + "failure")
         print(f"resuming cell {key} from its backup at epoch {meta.get('epoch')}", flush=True)
 
     cb = cna_tf.CNACallback(

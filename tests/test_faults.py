@@ -152,6 +152,10 @@ def test_grid_killed_mid_cell_and_between_cells_finishes_each_cell_once(tmp_path
     for r in kids:
         assert _steps(client, r.info.run_id, "cna_train") == [0, 1, 2, 3, 4]
         assert _steps(client, r.info.run_id, "gen_gap") == [0, 2, 4]
+        # a finished cell carries no failure; one resumed after the kill says what stopped it
+        assert "cna_tf.failure" not in r.data.tags, r.data.tags
+        if "cna_tf.resumed_from_epoch" in r.data.tags:
+            assert r.data.tags["cna_tf.interrupted"].startswith("killed"), r.data.tags
     grids = client.search_runs([client.get_experiment_by_name("faults").experiment_id],
                                "tags.`cna_tf.role` = 'grid'")
     assert len(grids) == 1
