@@ -30,7 +30,7 @@ runs_url = $(PY) -m cna_tf.tracking url --experiment $(1) \
 # pytest-xdist processes for `make test`; --dist loadfile keeps a file's module fixtures in one;
 # --no-loadscope-reorder keeps tests/conftest.py's order (the longest files first). 3 on 2 cores:
 # the end-to-end tests wait on their subprocesses and servers, and a third worker fills those
-# waits (docs/testing.md: with this and the session's other changes, 17 min 37 s on a fresh
+# waits (docs/testing.md: with this and session 9's other changes, 17 min 37 s on a fresh
 # clone against 19 min 30 s with 2 workers before them).
 TEST_WORKERS ?= 3
 # what `make test` / `make test-fast` run (a file or folder of tests)
