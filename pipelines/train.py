@@ -35,6 +35,8 @@ from cna_tf import flatness, optimization, suite  # noqa: E402
 from cna_tf.tracking import TAG_PREFIX as TAG  # noqa: E402
 
 BACKUP_ROOT = Path(os.environ.get("CNA_TF_BACKUP_DIR", ".cna_backup"))
+#: the file in a cell's backup that says stop_loss ended its training (`StopAtLoss`)
+STOP_RECORD = "stopped_at_loss.json"
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -77,11 +79,16 @@ class StopAtLoss(keras.callbacks.Callback):
     With weight decay, Keras' ``loss`` includes the L2 penalty; the rule then reads the
     ``cross_entropy`` metric (the cross-entropy alone) that `train` compiles for that case.
     `cna_tf.CNACallback` measures the final snapshot at the epoch training stopped.
+
+    ``record``: a file (in the cell's backup) that keeps the epoch it stopped at, written before
+    that epoch's backup: a run killed after training ended (during its final measures) resumes
+    at that epoch instead of training on (`stopped_before`).
     """
 
-    def __init__(self, threshold: float):
+    def __init__(self, threshold: float, record: Optional[Path] = None):
         super().__init__()
         self.threshold = float(threshold)
+        self.record = record
         self.stopped_epoch: Optional[int] = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -89,6 +96,15 @@ class StopAtLoss(keras.callbacks.Callback):
         if loss is not None and loss <= self.threshold:
             self.model.stop_training = True
             self.stopped_epoch = epoch + 1
+            if self.record is not None:
+                self.record.write_text(json.dumps({"stopped_epoch": self.stopped_epoch}))
+
+    def stopped_before(self) -> Optional[int]:
+        """The epoch the run this backup belongs to stopped at, or None (it had not)."""
+        if self.record is None or not self.record.exists():
+            return None
+        self.stopped_epoch = int(json.loads(self.record.read_text())["stopped_epoch"])
+        return self.stopped_epoch
 
 
 def log_flatness(model, x, y, seed: int, step: int) -> Dict[str, float]:
@@ -431,7 +447,13 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
     callbacks = [FailOnNaN(), EpochLogger(),
                  keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False,
                                                   double_checkpoint=True), cb]
-    stop = StopAtLoss(p["stop_loss"]) if p["stop_loss"] > 0 else None
+    stop = StopAtLoss(p["stop_loss"], backup / STOP_RECORD) if p["stop_loss"] > 0 else None
+    epochs = p["epochs"]
+    if stop is not None and resumed and stop.stopped_before() is not None:
+        # killed after stop_loss ended training: restore that epoch, train no further
+        epochs = min(epochs, stop.stopped_epoch)
+        print(f"training had stopped at epoch {stop.stopped_epoch} (stop_loss): no more epochs",
+              flush=True)
     if stop is not None:
         callbacks.insert(2, stop)
     recorder = optimization.CrossEntropyRecorder()
@@ -445,27 +467,37 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
         x = ds.preprocess(ds.x_train)
         fit_kw = {"y": ds.y_train, "batch_size": p["batch_size"], "shuffle": True}
     try:
-        model.fit(x, epochs=p["epochs"], callbacks=callbacks, verbose=2, **fit_kw)
+        model.fit(x, epochs=epochs, callbacks=callbacks, verbose=2, **fit_kw)
     except Exception as e:
         mlflow.set_tag(TAG + "failure", f"{type(e).__name__}: {e}"[:5000])
         raise
     final = dict(cb.history[max(cb.history)]) if cb.history else {}
+    # the final snapshot's epoch; a resume after stop_loss ended training measured no epoch here
+    last = max(cb.history) if cb.history else (stop.stopped_epoch if stop is not None else None)
+    # a resume that measured no epoch (stop_loss had ended training) keeps what the killed
+    # process recorded: its snapshots tag, its convergence flag
+    before = {} if cb.history else mlflow.get_run(run_id).data.tags
     snapshots = sorted(e for e, m in cb.history.items() if "gen_gap" in m)
-    mlflow.set_tag(TAG + "snapshots", ",".join(map(str, snapshots)))
+    if TAG + "snapshots" not in before:
+        mlflow.set_tag(TAG + "snapshots", ",".join(map(str, snapshots)))
     if stop is not None and stop.stopped_epoch is not None:
         mlflow.set_tag(TAG + "stopped_at_epoch", str(stop.stopped_epoch))
-    if stop is not None:  # without stop_loss there is no criterion to reach: no flag
-        log_converged(stop.stopped_epoch is not None, max(cb.history, default=0))
+    # without stop_loss there is no criterion to reach: no flag
+    if stop is not None and TAG + "converged" not in before:
+        log_converged(stop.stopped_epoch is not None, last or 0)
     x_plain = ds.preprocess(ds.x_train) if augment else x  # un-augmented training inputs
-    if p["suite"] != "none" and cb.history:  # the suite runs §8's searches itself
-        step = max(cb.history)
-        final.update(log_suite(model, x_plain, ds.y_train, initial, p, step,
-                               skip=list(cb.history[step])))
+    if p["suite"] != "none" and last is not None:  # the suite runs §8's searches itself
+        step = last
+        # what the callback logged at that step (from the run itself when this process did not
+        # measure it: a resume after stop_loss), so that no name gets a second value there
+        logged = (cb.history[step] if step in cb.history
+                  else mlflow.get_run(run_id).data.metrics)
+        final.update(log_suite(model, x_plain, ds.y_train, initial, p, step, skip=list(logged)))
         final.update(log_optimization(
             model, x_plain, ds.y_train,
             _cross_entropy_series(recorder, run_id, bool(p["weight_decay"])), p, step))
-    elif p["flatness"] and cb.history:
-        final.update(log_flatness(model, x_plain, ds.y_train, p["seed"], max(cb.history)))
+    elif p["flatness"] and last is not None:
+        final.update(log_flatness(model, x_plain, ds.y_train, p["seed"], last))
     if p["save_model"]:
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "model.keras"

@@ -6,6 +6,9 @@ its CNA measurement (``train``'s ``extra_callbacks`` window): the narrowest wind
 kill could lose or double a logged epoch.
 
     CNA_TF_KILL_AT_EPOCH=3 python tests/fault_train.py --epochs 6 ...
+
+``CNA_TF_KILL_IN_SUITE=1`` instead SIGKILLs it when training has ended and the suite's final
+measures start (a kill after stop_loss ended training).
 """
 import os
 import signal
@@ -31,5 +34,12 @@ class KillAt(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def kill(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 if __name__ == "__main__":
-    train.main(extra_callbacks=[KillAt(int(os.environ["CNA_TF_KILL_AT_EPOCH"]))])
+    if os.environ.get("CNA_TF_KILL_IN_SUITE"):
+        train.log_suite = kill
+    kill_at = os.environ.get("CNA_TF_KILL_AT_EPOCH")
+    train.main(extra_callbacks=[KillAt(int(kill_at))] if kill_at else [])

@@ -33,6 +33,28 @@ def _steps(client, run_id, key):
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+def _killed_then_resumed(tmp_path, train_args, fault_env):
+    """train.py in one run killed by tests/fault_train.py (``fault_env``), then the same
+    command again: (client, run id, the backup, the first process, a function running it)."""
+    env = _env(tmp_path)
+    client = _client(env)
+    run_id = client.create_run(client.create_experiment("resume")).info.run_id
+    backup = tmp_path / "backup"
+    cmd = [sys.executable, str(ROOT / "pipelines" / "train.py"), *TINY, *train_args,
+           "--backup_dir", str(backup)]
+    first = subprocess.run([sys.executable, str(ROOT / "tests" / "fault_train.py"), *cmd[2:]],
+                           env=dict(env, MLFLOW_RUN_ID=run_id, **fault_env),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+
+    def again():
+        second = subprocess.run(cmd, env=dict(env, MLFLOW_RUN_ID=run_id), capture_output=True,
+                                text=True, timeout=600)
+        assert second.returncode == 0, second.stderr[-3000:]
+        return second
+    return client, run_id, backup, again
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_epoch, lose_backup", [
     (3, False),  # a light epoch
@@ -42,18 +64,9 @@ def _steps(client, run_id, key):
 ])
 def test_train_killed_after_backup_resumes_and_logs_each_epoch_once(tmp_path, kill_epoch,
                                                                      lose_backup):
-    env = _env(tmp_path)
-    client = _client(env)
-    exp = client.create_experiment("resume")
-    run_id = client.create_run(exp).info.run_id
-    backup = tmp_path / "backup"
-    cmd = [sys.executable, str(ROOT / "pipelines" / "train.py"), *TINY, "--epochs", "6",
-           "--snapshot_every", "2", "--backup_dir", str(backup)]
-    first = subprocess.run([sys.executable, str(ROOT / "tests" / "fault_train.py"), *cmd[2:]],
-                           env=dict(env, MLFLOW_RUN_ID=run_id,
-                                    CNA_TF_KILL_AT_EPOCH=str(kill_epoch)),
-                           capture_output=True, text=True, timeout=600)
-    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    client, run_id, backup, again = _killed_then_resumed(
+        tmp_path, ["--epochs", "6", "--snapshot_every", "2"],
+        {"CNA_TF_KILL_AT_EPOCH": str(kill_epoch)})
     assert client.get_run(run_id).info.status == "RUNNING"   # what a kill leaves behind
     assert _steps(client, run_id, "cna_train") == list(range(kill_epoch))
     assert (backup / "training_metadata.json").exists()
@@ -61,9 +74,7 @@ def test_train_killed_after_backup_resumes_and_logs_each_epoch_once(tmp_path, ki
         import shutil
         shutil.rmtree(backup)
 
-    second = subprocess.run(cmd, env=dict(env, MLFLOW_RUN_ID=run_id), capture_output=True,
-                            text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
+    again()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     if lose_backup:
@@ -76,6 +87,33 @@ def test_train_killed_after_backup_resumes_and_logs_each_epoch_once(tmp_path, ki
     assert not backup.exists()
     assert [a.path for a in client.list_artifacts(run_id, "cna")] == [
         "cna/alpha_beta_epoch6.csv", "cna/alpha_beta_epoch6.png"]
+
+
+@pytest.mark.slow
+def test_train_killed_after_stop_loss_resumes_without_training_on(tmp_path):
+    """Killed during its final measures, after stop_loss ended training: the resumed run
+    restores the epoch training stopped at and trains no further epoch (before the fix it
+    trained one more: the conv gap study's two resumed cells, docs/results/gap_study_conv.md)."""
+    client, run_id, backup, again = _killed_then_resumed(
+        tmp_path, ["--epochs", "40", "--stop_loss", "1.5", "--snapshot_every", "0"],
+        {"CNA_TF_KILL_IN_SUITE": "1"})
+    stopped = int(client.get_run(run_id).data.tags["cna_tf.stopped_at_epoch"])
+    assert 1 <= stopped < 40
+    assert _steps(client, run_id, "cna_train") == list(range(stopped + 1))
+
+    assert "no more epochs" in again().stdout
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["cna_tf.resumed_from_epoch"] == str(stopped)
+    assert run.data.tags["cna_tf.stopped_at_epoch"] == str(stopped)     # not one epoch more
+    assert run.data.tags["cna_tf.converged"] == "true"
+    assert _steps(client, run_id, "cna_train") == list(range(stopped + 1))   # each once
+    assert _steps(client, run_id, "gen_gap") == [0, stopped]
+    assert _steps(client, run_id, "l2_norm") == [stopped]    # the suite ran on the resume
+    assert _steps(client, run_id, "sum_of_fro") == [0, stopped]   # the callback's, not again
+    assert _steps(client, run_id, "converged") == [stopped]
+    assert run.data.tags["cna_tf.snapshots"] == f"0,{stopped}"
+    assert not backup.exists()
 
 
 def _write_config(tmp_path):
