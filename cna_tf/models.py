@@ -223,14 +223,15 @@ class _Factory:
         return self._init_cls(seed=seed)
 
     def dense(self, units: int, activation: Optional[str], name: str) -> layers.Dense:
-        return self.layers.Dense(units, activation=activation, kernel_initializer=self._kernel_init(),
-                            kernel_regularizer=self._kernel_regularizer(), name=name)
+        return self.layers.Dense(units, activation=activation,
+                                 kernel_initializer=self._kernel_init(),
+                                 kernel_regularizer=self._kernel_regularizer(), name=name)
 
     def conv(self, filters: int, kernel: int, strides: Tuple[int, int], name: str
              ) -> layers.Conv2D:
-        return self.layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                             kernel_initializer=self._kernel_init(),
-                             kernel_regularizer=self._kernel_regularizer(), name=name)
+        return self.layers.Conv2D(filters, kernel, strides=strides, padding="same",
+                                  use_bias=False, kernel_initializer=self._kernel_init(),
+                                  kernel_regularizer=self._kernel_regularizer(), name=name)
 
     def conv_bn(self, x, filters: int, kernel: int, strides: Tuple[int, int], name: str,
                 relu: bool = True):

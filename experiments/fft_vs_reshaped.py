@@ -4,7 +4,8 @@ operator norm of the convolution, Sedghi et al.) compares with the reshaped form
 kernel reshaped to a (k·k·c_in) × c_out matrix) network by network, and how each ranks the gap.
 
     python experiments/fft_vs_reshaped.py docs/results/gap_study_conv_networks.csv
-    python experiments/fft_vs_reshaped.py docs/results/gap_study_conv_networks.csv --where arch=vgg18
+    python experiments/fft_vs_reshaped.py docs/results/gap_study_conv_networks.csv \\
+        --where arch=vgg18
 
 Per pair: the networks with both values finite; the median and range of µ_FFT / µ_reshaped, the
 ratio of the two forms' µ before the report (SPEC §12: a √(µ/m) value v gives µ ∝ v², a
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
-from scipy import stats
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -32,6 +32,7 @@ import gap_study_sign_error as csv_study  # noqa: E402
 from study_scope import select  # noqa: E402
 
 from cna_tf import suite  # noqa: E402
+from cna_tf.ranking import kendall  # noqa: E402
 
 
 def mu_ratio(measure: str, fft: np.ndarray, reshaped: np.ndarray) -> np.ndarray:
@@ -59,9 +60,7 @@ def rows(nets: List[Dict[str, Any]]) -> List[List[str]]:
         ratio = mu_ratio(base, f, b)
         out.append([base, str(len(pairs)), f"{np.median(ratio):.4g}",
                     f"{ratio.min():.4g} .. {ratio.max():.4g}",
-                    f"{stats.kendalltau(b, f).statistic:+.2f}",
-                    f"{stats.kendalltau(b, gap).statistic:+.2f}",
-                    f"{stats.kendalltau(f, gap).statistic:+.2f}",
+                    f"{kendall(b, f):+.2f}", f"{kendall(b, gap):+.2f}", f"{kendall(f, gap):+.2f}",
                     f"{signs[base]['all']['mean']:.2f}", f"{signs[fft]['all']['mean']:.2f}"])
     return out
 

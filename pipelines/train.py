@@ -430,7 +430,7 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
         meta = json.loads((backup / "training_metadata.json").read_text())
         mlflow.set_tag(TAG + "resumed_from_epoch", str(meta.get("epoch", "?")))
         # the grid tagged the run it stopped (`cna_tf.failure`); running again, that is history
-        failure = mlflow.get_run(mlflow.active_run().info.run_id).data.tags.get(TAG + "failure")
+        failure = mlflow.get_run(run_id).data.tags.get(TAG + "failure")
         if failure is not None:
             mlflow.set_tag(TAG + "interrupted", failure)
             mlflow.delete_tag(TAG + "failure")
@@ -449,11 +449,11 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
                                                   double_checkpoint=True), cb]
     stop = StopAtLoss(p["stop_loss"], backup / STOP_RECORD) if p["stop_loss"] > 0 else None
     epochs = p["epochs"]
-    if stop is not None and resumed and stop.stopped_before() is not None:
+    stopped = stop.stopped_before() if stop is not None and resumed else None
+    if stopped is not None:
         # killed after stop_loss ended training: restore that epoch, train no further
-        epochs = min(epochs, stop.stopped_epoch)
-        print(f"training had stopped at epoch {stop.stopped_epoch} (stop_loss): no more epochs",
-              flush=True)
+        epochs = min(epochs, stopped)
+        print(f"training had stopped at epoch {stopped} (stop_loss): no more epochs", flush=True)
     if stop is not None:
         callbacks.insert(2, stop)
     recorder = optimization.CrossEntropyRecorder()
@@ -475,8 +475,9 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
     # the final snapshot's epoch; a resume after stop_loss ended training measured no epoch here
     last = max(cb.history) if cb.history else (stop.stopped_epoch if stop is not None else None)
     # a resume that measured no epoch (stop_loss had ended training) keeps what the killed
-    # process recorded: its snapshots tag, its convergence flag
-    before = {} if cb.history else mlflow.get_run(run_id).data.tags
+    # process recorded: its snapshots tag, its convergence flag, the metrics at its last step
+    recorded = None if cb.history else mlflow.get_run(run_id).data
+    before = recorded.tags if recorded else {}
     snapshots = sorted(e for e, m in cb.history.items() if "gen_gap" in m)
     if TAG + "snapshots" not in before:
         mlflow.set_tag(TAG + "snapshots", ",".join(map(str, snapshots)))
@@ -490,8 +491,7 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
         step = last
         # what the callback logged at that step (from the run itself when this process did not
         # measure it: a resume after stop_loss), so that no name gets a second value there
-        logged = (cb.history[step] if step in cb.history
-                  else mlflow.get_run(run_id).data.metrics)
+        logged = cb.history[step] if step in cb.history else recorded.metrics
         final.update(log_suite(model, x_plain, ds.y_train, initial, p, step, skip=list(logged)))
         final.update(log_optimization(
             model, x_plain, ds.y_train,

@@ -35,7 +35,8 @@ def _steps(client, run_id, key):
 
 def _killed_then_resumed(tmp_path, train_args, fault_env):
     """train.py in one run killed by tests/fault_train.py (``fault_env``), then the same
-    command again: (client, run id, the backup, the first process, a function running it)."""
+    command again: (client, run id, the backup, a function that runs the second process and
+    returns it)."""
     env = _env(tmp_path)
     client = _client(env)
     run_id = client.create_run(client.create_experiment("resume")).info.run_id
