@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "pipelines"))
 
 import cells  # noqa: E402
+import executors  # noqa: E402
 import params as step_params  # noqa: E402
 from _shared_grid import EXPERIMENT, N_CELLS  # noqa: E402
 from cna_tf import ranking  # noqa: E402
@@ -438,7 +439,12 @@ def test_compare_on_runs_logged_by_hand(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_grid_cell_has_the_params_of_the_same_cell_launched_with_mlflow_run(tiny_grid):
-    """One rule for params: the grid logs what `mlflow run . -e train -P ...` logs, nothing else."""
+    """One rule for params: the grid logs what `mlflow run . -e train -P ...` logs, nothing else.
+
+    And the same values: the grid's cell was forked from its fork server
+    (pipelines/forkserver.py), the one by hand is a fresh Python (with the grid's share of the
+    threads), and every metric's history is equal to the last digit but the timings.
+    """
     d, env, args, first = tiny_grid
     client, parent, kids = _children(env)
     kid = next(r for r in kids if r.data.params["seed"] == "1")
@@ -451,13 +457,21 @@ def test_a_grid_cell_has_the_params_of_the_same_cell_launched_with_mlflow_run(ti
         f"mlflow run . --env-manager local -e train --experiment-name by-hand {' '.join(flags)}",
         shell=True, cwd=ROOT, capture_output=True, text=True, timeout=900,
         env=dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                 CNA_TF_BACKUP_DIR=str(d / "by-hand-backup")))
+                 CNA_TF_BACKUP_DIR=str(d / "by-hand-backup"), **executors.thread_share(2)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     exp = client.get_experiment_by_name("by-hand")
     by_hand = client.search_runs([exp.experiment_id])[0]
     assert by_hand.info.status == "FINISHED"
     assert by_hand.data.params == kid.data.params
     assert by_hand.data.tags["cna_tf.cell_key"] == kid.data.tags["cna_tf.cell_key"]
+
+    def histories(run):
+        return {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)]
+                for k in run.data.metrics if not k.endswith("_seconds")}
+    forked, fresh = histories(kid), histories(by_hand)
+    assert len(forked) > 50 and forked.keys() == fresh.keys()
+    assert {k: (v, fresh[k]) for k, v in forked.items()
+            if not np.array_equal(v, fresh[k], equal_nan=True)} == {}
 
 
 def test_compare_description_keeps_whole_tables_within_mlflows_tag_limit():
