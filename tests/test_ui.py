@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from _servers import ROOT, artifacts_dir, headless_chromium, mlflow_server
+from _servers import (ROOT, artifacts_dir, chromium_missing, headless_chromium, missing,
+                      mlflow_server)
 from _shared_grid import N_CELLS
 
 WIDTHS = (0.05, 0.1, 0.25, 0.5)
@@ -113,6 +114,16 @@ def close_side_panels(driver) -> None:
     for close in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
         if close.is_displayed():
             close.click()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _chromium_present():
+    """Skips (fails under CI=true) before any session fixture is built when Chromium is missing:
+    pytest builds session fixtures (the shared grid) before the function-scoped ``browser``,
+    and test_ci_skips.py runs this file in a child pytest with no Chromium."""
+    why = chromium_missing()
+    if why:
+        missing(why)
 
 
 @pytest.fixture
