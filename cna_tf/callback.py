@@ -590,6 +590,12 @@ class CNACallback(keras.callbacks.Callback):
             # Epoch 0, or resumed from a backup written before this epoch's measurement was
             # logged (a kill in between): the restored weights are exactly that epoch's state.
             self._measure(epoch, full=full)
+        elif full and not self._tracker.epoch_logged("cna_area", epoch):
+            # Killed between this epoch's light measure and its full snapshot (a fit stopped
+            # early, e.g. by a loss threshold, takes that snapshot in on_train_end): the full
+            # part now, the light values already logged not again.
+            self._tracker.mark_logged(LIGHT_KEYS, epoch)
+            self._measure(epoch, full=True)
         elif full:  # logged before a kill (a run restarted in place): not again
             self._last_full_epoch = epoch
             if epoch == (self.params or {}).get("epochs"):

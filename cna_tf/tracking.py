@@ -168,6 +168,13 @@ class Tracker:
         if not (in_logs and self.autolog):
             self.log_metrics(new, step=step)
 
+    def mark_logged(self, keys, done: int) -> None:
+        """Counts ``keys`` as logged after ``done`` epochs in this fit: `log_epoch` skips them
+        (values a killed process logged, measured again on its resume)."""
+        step = self.epoch_step(done)
+        self._epoch_keys.setdefault(step, set()).update(
+            self.epoch_names(dict.fromkeys(keys, 0.0), done))
+
     def epoch_logged(self, key: str, done: int) -> bool:
         """Whether the run holds ``key``'s value after ``done`` epochs (by anyone's logging)."""
         name = next(iter(self.epoch_names({key: 0.0}, done)))

@@ -475,12 +475,16 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
     # the final snapshot's epoch; a resume after stop_loss ended training measured no epoch here
     last = max(cb.history) if cb.history else (stop.stopped_epoch if stop is not None else None)
     # a resume that measured no epoch (stop_loss had ended training) keeps what the killed
-    # process recorded: its snapshots tag, its convergence flag, the metrics at its last step
+    # process recorded: its convergence flag, the metrics at its last step
     recorded = None if cb.history else mlflow.get_run(run_id).data
     before = recorded.tags if recorded else {}
-    snapshots = sorted(e for e, m in cb.history.items() if "gen_gap" in m)
-    if TAG + "snapshots" not in before:
-        mlflow.set_tag(TAG + "snapshots", ",".join(map(str, snapshots)))
+    # every full snapshot of the run, a killed process's before a resume included
+    from cna_tf.tracking import metric_histories
+
+    logged, _ = metric_histories(run_id, "gen_gap")["gen_gap"]
+    snapshots = sorted({int(e) for e in logged} | {e for e, m in cb.history.items()
+                                                   if "gen_gap" in m})
+    mlflow.set_tag(TAG + "snapshots", ",".join(map(str, snapshots)))
     if stop is not None and stop.stopped_epoch is not None:
         mlflow.set_tag(TAG + "stopped_at_epoch", str(stop.stopped_epoch))
     # without stop_loss there is no criterion to reach: no flag

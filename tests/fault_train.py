@@ -8,7 +8,9 @@ kill could lose or double a logged epoch.
     CNA_TF_KILL_AT_EPOCH=3 python tests/fault_train.py --epochs 6 ...
 
 ``CNA_TF_KILL_IN_SUITE=1`` instead SIGKILLs it when training has ended and the suite's final
-measures start (a kill after stop_loss ended training).
+measures start (a kill after stop_loss ended training); ``CNA_TF_KILL_IN_FINAL_SNAPSHOT=1``
+when the CNA callback's full snapshot at the end of training starts (for a run stop_loss
+stopped: after that epoch's light measure was logged, before its full one).
 """
 import os
 import signal
@@ -41,5 +43,14 @@ def kill(*args, **kwargs):
 if __name__ == "__main__":
     if os.environ.get("CNA_TF_KILL_IN_SUITE"):
         train.log_suite = kill
+    if os.environ.get("CNA_TF_KILL_IN_FINAL_SNAPSHOT"):
+        from cna_tf.callback import CNACallback
+
+        train_end = CNACallback.on_train_end
+
+        def on_train_end(self, logs=None):
+            self._full = kill
+            return train_end(self, logs)
+        CNACallback.on_train_end = on_train_end
     kill_at = os.environ.get("CNA_TF_KILL_AT_EPOCH")
     train.main(extra_callbacks=[KillAt(int(kill_at))] if kill_at else [])

@@ -85,22 +85,31 @@ def test_train_killed_after_backup_resumes_and_logs_each_epoch_once(tmp_path, ki
     assert _steps(client, run_id, "cna_train") == list(range(7))   # each epoch exactly once
     assert _steps(client, run_id, "gen_gap") == [0, 2, 4, 6]
     assert _steps(client, run_id, "bound_2018") == [0, 2, 4, 6]
+    assert run.data.tags["cna_tf.snapshots"] == "0,2,4,6"   # the killed process's too
     assert not backup.exists()
     assert [a.path for a in client.list_artifacts(run_id, "cna")] == [
         "cna/alpha_beta_epoch6.csv", "cna/alpha_beta_epoch6.png"]
 
 
 @pytest.mark.slow
-def test_train_killed_after_stop_loss_resumes_without_training_on(tmp_path):
-    """Killed during its final measures, after stop_loss ended training: the resumed run
-    restores the epoch training stopped at and trains no further epoch (before the fix it
-    trained one more: the conv gap study's two resumed cells, docs/results/gap_study_conv.md)."""
+@pytest.mark.parametrize("kill", ["CNA_TF_KILL_IN_SUITE", "CNA_TF_KILL_IN_FINAL_SNAPSHOT"])
+def test_train_killed_after_stop_loss_resumes_without_training_on(tmp_path, kill):
+    """Killed during its final measures, after stop_loss ended training (in the suite, or in
+    the CNA callback's final full snapshot, after that epoch's light measure was logged): the
+    resumed run restores the epoch training stopped at and trains no further epoch (before the
+    fix it trained one more: the conv gap study's two resumed cells,
+    docs/results/gap_study_conv.md), and logs what the kill kept from MLflow once (before the
+    second fix a kill in the snapshot left gen_gap and the rest of it unlogged)."""
     client, run_id, backup, again = _killed_then_resumed(
         tmp_path, ["--epochs", "40", "--stop_loss", "1.5", "--snapshot_every", "0"],
-        {"CNA_TF_KILL_IN_SUITE": "1"})
-    stopped = int(client.get_run(run_id).data.tags["cna_tf.stopped_at_epoch"])
+        {kill: "1"})
+    stopped = _steps(client, run_id, "cna_train")[-1]
     assert 1 <= stopped < 40
     assert _steps(client, run_id, "cna_train") == list(range(stopped + 1))
+    if kill == "CNA_TF_KILL_IN_SUITE":
+        assert client.get_run(run_id).data.tags["cna_tf.stopped_at_epoch"] == str(stopped)
+    else:  # the window the kill was meant for: the stop epoch's light values, not its full
+        assert _steps(client, run_id, "gen_gap") == [0]
 
     assert "no more epochs" in again().stdout
     run = client.get_run(run_id)
@@ -114,6 +123,8 @@ def test_train_killed_after_stop_loss_resumes_without_training_on(tmp_path):
     assert _steps(client, run_id, "sum_of_fro") == [0, stopped]   # the callback's, not again
     assert _steps(client, run_id, "converged") == [stopped]
     assert run.data.tags["cna_tf.snapshots"] == f"0,{stopped}"
+    assert [a.path for a in client.list_artifacts(run_id, "cna")] == [
+        f"cna/alpha_beta_epoch{stopped}.csv", f"cna/alpha_beta_epoch{stopped}.png"]
     assert not backup.exists()
 
 
