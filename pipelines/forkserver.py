@@ -94,6 +94,10 @@ class ForkServer:
                     pass_fds=(theirs.fileno(),), env=self.env, cwd=str(self.project),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     preexec_fn=_parent_death_signal())
+            except OSError as e:
+                self.failure = f"the fork server could not start ({type(e).__name__}: {e})"
+                ours.close()
+                return False
             finally:
                 theirs.close()
             try:
