@@ -29,8 +29,8 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tupl
 from cells import cell_key
 
 __all__ = ["PROJECT_DIR", "FORWARD_ENV", "LOG_LIMIT", "INSTALL_RAY", "CellBook", "Todo",
-           "CellDone", "run_train", "require_ray", "LocalExecutor", "KubernetesExecutor",
-           "RayExecutor"]
+           "CellDone", "run_train", "die_with_parent", "require_ray", "LocalExecutor",
+           "KubernetesExecutor", "RayExecutor"]
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Driver environment variables a cell's train.py gets on a Ray worker too (the local backend
@@ -83,7 +83,7 @@ def run_train(args: List[str], env: Dict[str, str], project_dir: str,
                     rc = subprocess.call(
                         [sys.executable, str(project / "pipelines" / "train.py"), *args],
                         stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, **env),
-                        cwd=str(project), preexec_fn=_die_with_parent(),
+                        cwd=str(project), preexec_fn=die_with_parent(),
                         pass_fds=() if fd is None else (fd,))
             text = log.read_text(errors="replace")
     finally:
@@ -131,8 +131,9 @@ def _find_project(hint: str) -> Path:
         "the driver's path or at $CNA_TF_PROJECT_DIR (see docs/scaling.md)")
 
 
-def _die_with_parent():
-    """A preexec function giving the child SIGKILL when its parent dies (Linux), else None.
+def die_with_parent():
+    """A preexec function giving the child SIGKILL when its parent (this process) dies
+    (Linux), else None; the fork server's cells call it themselves after the fork.
 
     Built where it runs (ctypes objects do not travel to a Ray worker).
     """

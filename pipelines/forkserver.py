@@ -30,6 +30,8 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from executors import die_with_parent
+
 __all__ = ["ForkServer", "available"]
 
 #: what the server imports before it forks any cell: train.py and what it imports on first use
@@ -44,15 +46,6 @@ def available() -> bool:
     return (sys.platform.startswith("linux") and hasattr(socket, "send_fds")
             and os.environ.get("CNA_TF_FORKSERVER", "1").strip().lower()
             not in ("0", "false", "no", "off"))
-
-
-def _die_with(parent: int) -> None:
-    """SIGKILL for this process when ``parent`` (its parent's pid) dies (Linux)."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before the line above
-        os._exit(1)
 
 
 # -- the grid's side -------------------------------------------------------------------------------
@@ -93,7 +86,7 @@ class ForkServer:
                      str(self.script.parent), ",".join(self.preload)],
                     pass_fds=(theirs.fileno(),), env=self.env, cwd=str(self.project),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    preexec_fn=_parent_death_signal())
+                    preexec_fn=die_with_parent())
             except OSError as e:
                 self.failure = f"the fork server could not start ({type(e).__name__}: {e})"
                 ours.close()
@@ -192,12 +185,6 @@ class ForkServer:
                 self.proc.wait()
 
 
-def _parent_death_signal():
-    """A preexec function: the server gets SIGKILL when the grid process dies."""
-    parent = os.getpid()
-    return lambda: _die_with(parent)
-
-
 # -- the server's side -----------------------------------------------------------------------------
 
 def _send(sock: socket.socket, message: Dict[str, Any]) -> None:
@@ -263,11 +250,16 @@ def serve(sock: socket.socket) -> Optional[Tuple[Dict[str, Any], List[int]]]:
                     _send(sock, {"id": cells.pop(pid), "rc": os.waitstatus_to_exitcode(status)})
 
 
-def run_cell(request: Dict[str, Any], fds: List[int], server: int) -> None:
-    """In a forked cell: becomes ``python train.py ARGS`` with the request's environment."""
+def run_cell(request: Dict[str, Any], fds: List[int], die_with_server) -> None:
+    """In a forked cell: becomes ``python train.py ARGS`` with the request's environment.
+
+    ``die_with_server``: `executors.die_with_parent` as the server built it before the fork
+    (None where it has none).
+    """
     import fcntl
 
-    _die_with(server)
+    if die_with_server is not None:
+        die_with_server()
     out, kept = fds[0], fds[1:]
     os.dup2(out, 1)
     os.dup2(out, 2)
@@ -300,10 +292,10 @@ def main() -> None:
 
     for name in filter(None, modules.split(",")):
         importlib.import_module(name)
-    server = os.getpid()
+    die_with_server = die_with_parent()
     job = serve(sock)
     if job is not None:  # a forked cell: it exits as train.py would (atexit hooks included)
-        run_cell(*job, server=server)
+        run_cell(*job, die_with_server)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from cells import ALL_PARAMS, cell_key, normalize  # noqa: E402
 from params import log_launch, log_resolved  # noqa: E402
 
 from cna_tf import flatness, optimization, suite  # noqa: E402
-from cna_tf.tracking import TAG_PREFIX as TAG  # noqa: E402
+from cna_tf.tracking import TAG_PREFIX as TAG, metric_histories  # noqa: E402
 
 BACKUP_ROOT = Path(os.environ.get("CNA_TF_BACKUP_DIR", ".cna_backup"))
 #: the file in a cell's backup that says stop_loss ended its training (`StopAtLoss`)
@@ -202,8 +202,6 @@ def log_optimization(model, x, y, cross_entropy: Dict[int, float], p: Dict[str, 
 def _cross_entropy_series(recorder, run_id: str, weight_decay: bool) -> Dict[int, float]:
     """Every trained epoch's cross-entropy: the recorder's, and for the epochs a resumed run
     trained before the restart, the values `EpochLogger` logged then (step = epoch)."""
-    from cna_tf.tracking import metric_histories
-
     series = dict(recorder.cross_entropy)
     if 1 not in series:
         key = CROSS_ENTROPY if weight_decay else "loss"
@@ -280,8 +278,6 @@ def log_figures(cb, model, p: Dict[str, Any]) -> List[str]:
     import mlflow
 
     from cna_tf import analysis, plots
-    from cna_tf.tracking import metric_histories
-
     run_id = mlflow.active_run().info.run_id
     logged: List[str] = []
 
@@ -479,12 +475,8 @@ def train(p: Dict[str, Any], parent_run_id: str = "", backup_dir: str = "",
     recorded = None if cb.history else mlflow.get_run(run_id).data
     before = recorded.tags if recorded else {}
     # every full snapshot of the run, a killed process's before a resume included
-    from cna_tf.tracking import metric_histories
-
-    logged, _ = metric_histories(run_id, "gen_gap")["gen_gap"]
-    snapshots = sorted({int(e) for e in logged} | {e for e, m in cb.history.items()
-                                                   if "gen_gap" in m})
-    mlflow.set_tag(TAG + "snapshots", ",".join(map(str, snapshots)))
+    snapshots, _ = metric_histories(run_id, "gen_gap")["gen_gap"]
+    mlflow.set_tag(TAG + "snapshots", ",".join(str(int(e)) for e in snapshots))
     if stop is not None and stop.stopped_epoch is not None:
         mlflow.set_tag(TAG + "stopped_at_epoch", str(stop.stopped_epoch))
     # without stop_loss there is no criterion to reach: no flag
