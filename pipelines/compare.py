@@ -27,6 +27,9 @@ environment; ``sign_error_<gap>.png``: the losses per intervention).
 
 Networks of runs that set ``stop_loss`` and did not reach it are counted and said;
 ``--converged_only true`` leaves them out (Jiang et al.'s and Dziugaite et al.'s protocol).
+Runs that logged the flatness names in their two forms (SPEC §8's 1/σ′² with ``suite`` none,
+§12's √(µ/m) with ``suite`` all or cheap) leave those names out of the ranking, said in a line
+(`mixed_flatness`).
 
 Logs a CSV and a Markdown table, the instances, one row per network (``compare/networks.csv``:
 hyperparameters, epochs trained, every measure, the gaps and accuracies), Fig-8/9-style bar
@@ -198,6 +201,33 @@ def gap_test_size(run, params: Dict[str, Any]) -> Optional[int]:
         return None
     cap = params.get("full_max_samples") or 0
     return min(size, int(cap)) if cap and cap > 0 else size
+
+
+def flatness_form(run) -> str:
+    """Which values a train run logged under `FLATNESS`' names: ``"suite"``, SPEC §12's
+    √(µ/m) report (``suite`` all or cheap), or ``"raw"``, SPEC §8's 1/σ′² of
+    `cna_tf.flatness` (``flatness`` true with ``suite`` none, or a run from before the suite,
+    which logged no ``suite``)."""
+    params = run.data.params
+    suite = params.get("resolved.suite", params.get("suite", "none"))
+    return "suite" if str(suite).strip().strip("'\"").lower() in ("all", "cheap") else "raw"
+
+
+def mixed_flatness(runs) -> str:
+    """One line when the runs logged `FLATNESS`' names in both forms (`flatness_form`), which
+    do not compare (a factor √m apart, and 1/σ′² against its square root); "" otherwise."""
+    forms: Dict[str, int] = {}
+    for run in runs:
+        if any(m in run.data.metrics for m in FLATNESS):
+            form = flatness_form(run)
+            forms[form] = forms.get(form, 0) + 1
+    if len(forms) < 2:
+        return ""
+    return (f"Flatness: {forms['raw']} run(s) logged {', '.join(FLATNESS)} as SPEC §8's 1/σ′² "
+            f"(flatness=true with suite=none, or from before the suite) and {forms['suite']} "
+            "as SPEC §12's √(µ/m) (suite=all or cheap); the two forms do not compare, so these "
+            "three are left out here: compare each set on its own (its grid's run, or an "
+            "experiment per setting).")
 
 
 def convergence(instances: List[Dict[str, Any]], converged_only: bool = False,
@@ -791,6 +821,12 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     older = sum(1 for run in runs if TAG + "converged" not in run.data.tags
                 and run_converged(run) is not None)
     converged_line = convergence(instances, args.converged_only, older)
+    mixed = mixed_flatness(runs)
+    if mixed:
+        for i in instances:
+            for m in FLATNESS:
+                i.pop(m, None)
+        converged_line += f"\n{mixed}"
     incomplete = ""
     if args.converged_only:
         kept = [i for i in instances if i.get("converged") is not False]
