@@ -8,6 +8,7 @@ os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _stores import sqlite_store  # noqa: E402
 
 
 # The longest test files first. `make test` hands whole files (--dist loadfile) to its
@@ -42,7 +43,7 @@ def store(tmp_path, monkeypatch):
     client. Tests whose store needs more (a trained grid, an experiment) define their own."""
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path / "m.db"))
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     return mlflow.MlflowClient()

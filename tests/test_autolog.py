@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import cna_tf
+from _stores import sqlite_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,7 +141,7 @@ def _shown(text):
 def test_mlflow_run_train_logs_one_value_per_epoch(tmp_path):
     """`mlflow run . -e train` (its own run, its own logging, no autolog: see docs/keras.md)
     stopped early by stop_loss: one value per step, equal to what Keras printed from logs."""
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+    env = dict(os.environ, MLFLOW_TRACKING_URI=sqlite_store(tmp_path / "m.db"),
                TF_CPP_MIN_LOG_LEVEL="3",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("MLFLOW_EXPERIMENT_ID", None)

@@ -10,6 +10,7 @@ import mlflow
 
 import cna_tf
 from cna_tf.measures import CNAWarning
+from _stores import sqlite_store
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def digits():
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     mlflow.set_tracking_uri(uri)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_experiment("cna_tests")

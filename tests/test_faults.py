@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "pipelines"))
 
 import cells  # noqa: E402
+from _stores import sqlite_store  # noqa: E402
 
 # suite cheap: the kills and resumes are what these test (the searches' resume: test_reference)
 TINY = ["--width", "0.05", "--depth", "2", "--n_train", "300", "--n_test", "150",
@@ -19,7 +20,7 @@ TINY = ["--width", "0.05", "--depth", "2", "--n_train", "300", "--n_test", "150"
 
 
 def _env(tmp_path, **kw):
-    return dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+    return dict(os.environ, MLFLOW_TRACKING_URI=sqlite_store(tmp_path / "m.db"),
                 TF_CPP_MIN_LOG_LEVEL="3", **kw)
 
 

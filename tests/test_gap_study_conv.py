@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "pipelines"))
 
 import cells  # noqa: E402
+from _stores import sqlite_store  # noqa: E402
 
 AXES = ("seed", "arch", "label_shuffle", "n_train", "weight_decay")
 
@@ -67,7 +68,7 @@ def test_two_cells_of_the_config_train_through_mlflow_run_grid(tmp_path):
     config["defaults"].update(epochs=30, n_test=64, max_samples=32, suite="cheap")
     small = tmp_path / "gap_study_conv_small.yaml"
     small.write_text(yaml.safe_dump(config))
-    store = f"sqlite:///{tmp_path}/mlflow.db"
+    store = sqlite_store(tmp_path / "mlflow.db")
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, MLFLOW_TRACKING_URI=store, TF_CPP_MIN_LOG_LEVEL="3",
                CNA_TF_BACKUP_DIR=str(tmp_path / "backup"),

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 import cells  # noqa: E402
 import grid as grid_step  # noqa: E402
 import main as main_step  # noqa: E402
+from _stores import sqlite_store  # noqa: E402
 
 # 2 digits cells, 3 cifar10 cells, 1 svhn cell, 1 imagenet32 cell
 CONFIG = (
@@ -33,7 +34,7 @@ def nodata(tmp_path, monkeypatch):
     """No dataset files anywhere; a fresh store; the config file."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     monkeypatch.setenv("CNA_TF_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path / "mlflow.db"))
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     config = tmp_path / "mixed.yaml"
     config.write_text(CONFIG)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cna_tf import optimization
+from _stores import sqlite_store
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "pipelines"))
@@ -142,7 +143,7 @@ def test_train_asks_the_suite_for_each_search_once(tmp_path, monkeypatch, level,
         return out
 
     monkeypatch.setattr(suite, "compute", compute)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path / "m.db"))
     with mlflow.start_run() as run:
         got = train.log_suite(None, np.zeros((5, 2)), np.zeros(5, int), {"k": 1},
                               {"suite": level, "flatness": flatness, "seed": 3}, step=4,

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 import cells  # noqa: E402
 import grid as grid_step  # noqa: E402
 import main as main_step  # noqa: E402
+from _stores import sqlite_store  # noqa: E402
 
 
 def test_paper_mnist_rows_are_the_spec_grid_on_mnist():
@@ -87,7 +88,7 @@ def test_paper_mnist_rows_train_offline_on_the_full_mnist(tmp_path, monkeypatch)
     import train as train_step
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no-keras-home"))
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(sqlite_store(tmp_path / "mlflow.db"))
     mlflow.set_experiment("paper-mnist")
     _, every = cells.load_config("paper")
     rows = cells.select(every, "mnist")

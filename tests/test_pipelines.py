@@ -20,6 +20,7 @@ import executors  # noqa: E402
 import params as step_params  # noqa: E402
 from _shared_grid import EXPERIMENT, N_CELLS  # noqa: E402
 from cna_tf import ranking  # noqa: E402
+from _stores import sqlite_store  # noqa: E402
 
 
 def instances_per_cell(p):
@@ -187,7 +188,7 @@ def test_kubernetes_backend_passes_config_and_parent(monkeypatch, tmp_path):
 
     import grid as grid_step
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path / "m.db"))
     calls = []
 
     class Submitted:
@@ -226,7 +227,7 @@ def test_kubernetes_backend_passes_config_and_parent(monkeypatch, tmp_path):
 def test_unknown_backend_and_missing_kubernetes_config_are_clear(tmp_path, monkeypatch):
     import grid as grid_step
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path / "m.db"))
     with pytest.raises(ValueError, match="unknown backend 'slurm'"):
         grid_step.Grid("x", [], "x", tmp_path, "slurm")
     with pytest.raises(ValueError, match="needs --backend_config"):
@@ -311,7 +312,7 @@ def test_grid_rerun_skips_every_finished_cell(tiny_grid):
 
 @pytest.mark.slow
 def test_nan_loss_fails_the_run_with_the_reason(tmp_path):
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+    env = dict(os.environ, MLFLOW_TRACKING_URI=sqlite_store(tmp_path / "m.db"),
                MLFLOW_EXPERIMENT_NAME="nan", TF_CPP_MIN_LOG_LEVEL="3")
     proc = _run("train.py", ["--width", "0.05", "--depth", "2", "--epochs", "2", "--lr", "1e9",
                              "--n_train", "300", "--n_test", "100", "--batch_size", "64",
@@ -373,7 +374,7 @@ def test_compare_ranks_metrics_over_the_grid(tiny_grid):
 @pytest.mark.slow
 def test_mlflow_run_train_entry_point(tmp_path):
     """`mlflow run . -e train` passes the parameters through MLproject's command intact."""
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+    env = dict(os.environ, MLFLOW_TRACKING_URI=sqlite_store(tmp_path / "m.db"),
                TF_CPP_MIN_LOG_LEVEL="3",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     # an earlier in-process mlflow.set_experiment exported its experiment id: not this one's
@@ -404,7 +405,7 @@ def test_compare_on_runs_logged_by_hand(tmp_path, monkeypatch):
 
     import compare as compare_step
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path / "m.db"))
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     client = mlflow.MlflowClient()
     exp = client.create_experiment("hand")
@@ -533,7 +534,7 @@ def test_compare_ranks_the_whole_suite_and_prints_it_short(tmp_path, monkeypatch
     import compare as compare_step
     import families
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path / "m.db"))
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     client = mlflow.MlflowClient()
     exp = client.create_experiment("suite")

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 import cna_tf
 from cna_tf import analysis, plots, tracking
 from cna_tf.callback import flat_weights
+from _stores import sqlite_store
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +80,7 @@ def test_loss_and_cna_twin_axes():
 
 def test_metric_histories_and_loss_and_cna_from_run(tmp_path):
     from mlflow.entities import Metric
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow.MlflowClient(sqlite_store(tmp_path / "mlflow.db"))
     exp = client.create_experiment("plots")
     run_id = client.create_run(exp).info.run_id
     metrics = [Metric("cna_train", 0.1, 1000, 0), Metric("cna_train", 0.3, 1001, 1),

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 
 import cells  # noqa: E402
 from params import read_params  # noqa: E402
+from _stores import sqlite_store  # noqa: E402
 
 TINY = ("defaults: {arch: mlp, dataset: digits, width: 0.05, depth: 2, batch_size: 64,"
         " n_train: 300, n_test: 150, max_samples: 200, snapshot_every: 2, suite: cheap}\n")
@@ -158,7 +159,7 @@ def ray_grid(ray_head, tmp_path_factory):
     victim = next(cells.cell_key(c) for c in grid_cells if c["epochs"] == 4)
     backup_root = d / "backup"
     address, auth = ray_head
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{d}/mlflow.db",
+    env = dict(os.environ, MLFLOW_TRACKING_URI=sqlite_store(d / "mlflow.db"),
                TF_CPP_MIN_LOG_LEVEL="3", **auth)
     env.pop("RAY_ADDRESS", None)
     out_path = d / "grid.out"
@@ -276,7 +277,7 @@ def test_ray_nan_cell_is_failed_with_its_reason_and_the_grid_goes_on(ray_grid):
 def test_ray_backend_without_ray_says_how_to_install(tmp_path, monkeypatch):
     import grid as grid_step
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path / "m.db"))
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(ValueError, match=r'backend ray needs Ray.*pip install "cna_tf\[ray\]"'):
         grid_step.Grid("x", [], "x", tmp_path, "ray")
@@ -335,7 +336,7 @@ def test_ray_tasks_declare_resources_and_run_train_in_the_drivers_child_runs(tmp
 
     import grid as grid_step
 
-    uri = f"sqlite:///{tmp_path}/m.db"
+    uri = sqlite_store(tmp_path / "m.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     fake = _FakeRay(uri)
     monkeypatch.setitem(sys.modules, "ray", fake)
@@ -398,7 +399,7 @@ def test_a_retry_waits_for_the_earlier_train_py_and_never_retrains_a_finished_ce
 
     import executors
 
-    uri = f"sqlite:///{tmp_path}/m.db"
+    uri = sqlite_store(tmp_path / "m.db")
     client = mlflow.MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("lock")).info.run_id
     lock = tmp_path / "bk" / "cell.lock"

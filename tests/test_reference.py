@@ -27,6 +27,7 @@ import shapely
 from shapely.geometry import Polygon
 
 import keras
+from _stores import sqlite_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -343,7 +344,7 @@ def test_callback_mlflow_metrics_and_curves_artifact_match_the_reference(data, t
                                                                          monkeypatch):
     import mlflow
 
-    uri = f"sqlite:///{tmp_path}/m.db"
+    uri = sqlite_store(tmp_path / "m.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
@@ -491,7 +492,7 @@ def resumed_runs(tmp_path_factory):
     import mlflow
 
     tmp = tmp_path_factory.mktemp("resume")
-    client = mlflow.MlflowClient(f"sqlite:///{tmp}/m.db")
+    client = mlflow.MlflowClient(sqlite_store(tmp / "m.db"))
     exp = client.create_experiment("reference")
     plain, proc = _train(tmp, client, exp, "plain")
     assert proc.returncode == 0, proc.stderr[-3000:]

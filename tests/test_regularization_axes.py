@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 
 import cells  # noqa: E402
 import executors  # noqa: E402
+from _stores import sqlite_store  # noqa: E402
 
 
 def _kernels(model):
@@ -108,7 +109,7 @@ def test_weight_decay_and_dropout_through_train_py(tmp_path):
     exceeds the threshold, the penalized `loss` never reaches it but training still stops."""
     import mlflow
 
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+    env = dict(os.environ, MLFLOW_TRACKING_URI=sqlite_store(tmp_path / "m.db"),
                TF_CPP_MIN_LOG_LEVEL="3", CNA_TF_BACKUP_DIR=str(tmp_path / "backup"))
     env.pop("MLFLOW_RUN_ID", None)
     args = ["--dataset", "digits", "--arch", "mlp", "--width", "0.1", "--depth", "2",

@@ -26,6 +26,7 @@ import cells  # noqa: E402
 import reproduce  # noqa: E402
 
 from cna_tf.report import pooled_quintiles  # noqa: E402
+from _stores import sqlite_store  # noqa: E402
 
 Z95 = 1.959963984540054
 
@@ -114,7 +115,8 @@ def _env(tmp):
     # then refuses to start): the subprocesses get neither that nor a run id.
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
-    return dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", TF_CPP_MIN_LOG_LEVEL="3",
+    return dict(env, MLFLOW_TRACKING_URI=sqlite_store(Path(tmp) / "mlflow.db"),
+                TF_CPP_MIN_LOG_LEVEL="3",
                 PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 

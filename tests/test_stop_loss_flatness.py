@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "pipelines"))
 
 import cells  # noqa: E402
+from _stores import sqlite_store  # noqa: E402
 
 FLATNESS_KEYS = {"pacbayes_flatness", "pacbayes_mag_flatness", "sharpness_mag_flatness",
                  "pacbayes_sigma", "pacbayes_mag_sigma", "sharpness_mag_alpha"}
@@ -52,7 +53,7 @@ def _train(args, env):
 def test_stop_loss_and_flatness_through_train_py(tmp_path):
     import mlflow
 
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+    env = dict(os.environ, MLFLOW_TRACKING_URI=sqlite_store(tmp_path / "m.db"),
                TF_CPP_MIN_LOG_LEVEL="3", CNA_TF_BACKUP_DIR=str(tmp_path / "backup"))
     env.pop("MLFLOW_RUN_ID", None)
     common = ["--dataset", "digits", "--arch", "mlp", "--width", "0.1", "--depth", "2",

@@ -24,6 +24,7 @@ import pytest
 from _servers import (ROOT, artifacts_dir, chromium_missing, headless_chromium, missing,
                       mlflow_server)
 from _shared_grid import N_CELLS
+from _stores import sqlite_store
 
 WIDTHS = (0.05, 0.1, 0.25, 0.5)
 # final (step 2) values, exact in binary so the table shows them as logged
@@ -155,7 +156,7 @@ def test_the_link_make_demo_prints_lands_on_the_grid_with_its_measures_and_chart
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = sqlite_store(tmp_path / "mlflow.db")
     log_small_grid(store)
     shots = artifacts_dir("ui")
     shot = shots / "mlflow_runs_table.png"

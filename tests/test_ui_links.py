@@ -18,6 +18,7 @@ import pytest
 from cna_tf import tracking
 from cna_tf.tracking import (RUNS_VIEW, VIEW_TAG_PREFIX, browse_line, runs_link, runs_url,
                              runs_view_state, save_runs_view, ui_address)
+from _stores import sqlite_store
 
 ROOT = Path(__file__).resolve().parent.parent
 LANDING = "/runs?workflowType=machine_learning"
@@ -26,7 +27,7 @@ LANDING = "/runs?workflowType=machine_learning"
 def _store(tmp_path, name="cna_tf-demo"):
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     client = mlflow.MlflowClient(uri)
     return uri, client, client.create_experiment(name)
 
@@ -162,7 +163,7 @@ def test_compare_ends_with_where_to_look(tmp_path, monkeypatch, capsys):
 
     import compare as compare_step
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path / "m.db"))
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     client = mlflow.MlflowClient()
     exp = client.create_experiment("hand")
