@@ -226,8 +226,8 @@ def mixed_flatness(runs) -> str:
     return (f"Flatness: {forms['raw']} run(s) logged {', '.join(FLATNESS)} as SPEC §8's 1/σ′² "
             f"(flatness=true with suite=none, or from before the suite) and {forms['suite']} "
             "as SPEC §12's √(µ/m) (suite=all or cheap); the two forms do not compare, so these "
-            "three are left out here: compare each set on its own (its grid's run, or an "
-            "experiment per setting).")
+            "three are not ranked here (compare/networks.csv keeps them as logged): compare "
+            "each set on its own (its grid's run, or an experiment per setting).")
 
 
 def convergence(instances: List[Dict[str, Any]], converged_only: bool = False,
@@ -360,14 +360,14 @@ def to_csv(rows: List[Dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def compare(instances: List[Dict[str, Any]], scored: Sequence[str] = ()
-            ) -> List[Dict[str, Any]]:
+def compare(instances: List[Dict[str, Any]], scored: Sequence[str] = (),
+            leave_out: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """The correlation rows of every measure; ``scored``: users' measures (`score`) to rank
-    beside the built-in ones."""
+    beside the built-in ones; ``leave_out``: measures not to rank (`mixed_flatness`)."""
     from cna_tf.ranking import correlate
 
-    metrics = list(METRICS) + [m for m in FLATNESS + SUITE
-                               if any(_finite(i.get(m)) for i in instances)] + list(scored)
+    metrics = list(METRICS) + [m for m in FLATNESS + SUITE if m not in leave_out
+                               and any(_finite(i.get(m)) for i in instances)] + list(scored)
     rows = correlate(instances, metrics, TARGETS, axes_of(instances) + ("epoch",),
                      group_by=("arch", "dataset"),
                      extra_targets=EXTRA_TARGETS)
@@ -823,9 +823,6 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     converged_line = convergence(instances, args.converged_only, older)
     mixed = mixed_flatness(runs)
     if mixed:
-        for i in instances:
-            for m in FLATNESS:
-                i.pop(m, None)
         converged_line += f"\n{mixed}"
     incomplete = ""
     if args.converged_only:
@@ -836,7 +833,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         sys.exit(f"only {len(instances)} network instances found (finished train runs with "
                  "snapshots): nothing to correlate")
     scored = scored_measures(runs)
-    rows = compare(instances, scored)
+    rows = compare(instances, scored, leave_out=FLATNESS if mixed else ())
     boot = add_intervals(rows, instances, replicates=args.replicates, level=args.level)
     signs = add_sign_errors(rows, instances)
     if incomplete:   # one line each for the seed bootstrap and CMI

@@ -3,6 +3,7 @@
 §12's √(µ/m) report (``suite: all`` or ``cheap``). Side by side they do not compare, so compare
 leaves those three names out of the ranking and says why in one line. Runs are logged with
 MlflowClient (no training), as in tests/test_compare_sign_error.py."""
+import csv
 import itertools
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def test_the_form_follows_the_runs_suite_parameter():
     assert "and 1 as SPEC §12's √(µ/m)" in line
 
 
-def test_compare_leaves_the_two_forms_out_and_says_why(store, capsys):
+def test_compare_leaves_the_two_forms_out_and_says_why(store, tmp_path, capsys):
     from mlflow.entities import Metric, Param
 
     exp = store.create_experiment("forms")
@@ -69,6 +70,9 @@ def test_compare_leaves_the_two_forms_out_and_says_why(store, capsys):
     assert {"cna_margin", "l2"} <= {r["metric"] for r in rows}
     line = next(ln for ln in out.splitlines() if ln.startswith("Flatness: "))
     assert "6 run(s) logged" in line and "and 6 as SPEC §12's" in line
-    assert "left out here" in line
+    assert "not ranked here (compare/networks.csv keeps them as logged)" in line
     run = store.search_runs([exp], "tags.`cna_tf.role` = 'compare'")[0]
     assert line in run.data.tags["mlflow.note.content"]
+    path = store.download_artifacts(run.info.run_id, "compare/networks.csv", str(tmp_path))
+    nets = list(csv.DictReader(Path(path).read_text().splitlines()))
+    assert len(nets) == 12 and all(float(n["pacbayes_flatness"]) > 0 for n in nets)
