@@ -10,6 +10,7 @@ dry-run lines) and the MLflow servers' stores still start from nothing, as a use
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sqlite3
@@ -25,7 +26,9 @@ def _template() -> Path:
     if _TEMPLATE is None or not _TEMPLATE.is_file():
         import mlflow
 
-        path = Path(tempfile.mkdtemp(prefix="cna_tf-empty-store-")) / "mlflow.db"
+        folder = tempfile.mkdtemp(prefix="cna_tf-empty-store-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        path = Path(folder) / "mlflow.db"
         mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()  # migrates it
         _TEMPLATE = path
     return _TEMPLATE
