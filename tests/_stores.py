@@ -5,8 +5,9 @@ a process that has MLflow loaded, 2.5 s in a fresh ``train.py`` (alembic's impor
 every test that starts from an empty store. `sqlite_store` copies a store migrated once instead,
 with the one thing MLflow writes from where it runs: the Default experiment's artifact location,
 ``<the opening process's working directory>/mlruns/0`` (`tests/test_stores.py` checks the copy
-against a store MLflow creates). The documented commands' tests (`test_docs.py`, the PGDL and
-dry-run lines) and the MLflow servers' stores still start from nothing, as a user's do.
+against a store MLflow creates). The documented commands' tests (`test_docs.py`, the PGDL,
+dry-run and Keras example lines) and the MLflow servers' stores still start from nothing, as a
+user's do.
 """
 from __future__ import annotations
 
