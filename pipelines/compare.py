@@ -208,9 +208,7 @@ def flatness_form(run) -> str:
     √(µ/m) report (``suite`` all or cheap), or ``"raw"``, SPEC §8's 1/σ′² of
     `cna_tf.flatness` (``flatness`` true with ``suite`` none, or a run from before the suite,
     which logged no ``suite``)."""
-    params = run.data.params
-    suite = params.get("resolved.suite", params.get("suite", "none"))
-    return "suite" if str(suite).strip().strip("'\"").lower() in ("all", "cheap") else "raw"
+    return "suite" if run_params(run).get("suite", "none") in ("all", "cheap") else "raw"
 
 
 def mixed_flatness(runs) -> str:
